@@ -1,0 +1,1 @@
+"""The fp-onnx command line: a thin click layer over the fp_onnx library."""

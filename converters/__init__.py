@@ -1,0 +1,1 @@
+"""ONNX <-> PyTorch conversion for fine-tuning, and weight write-back into the vendor graph."""

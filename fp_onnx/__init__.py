@@ -1,0 +1,21 @@
+"""fp-onnx: the Fine-Pruning backdoor defense (Liu et al., RAID 2018) for ONNX models."""
+from fp_onnx.errors import (
+    BadDataError,
+    BadModelError,
+    BadOptionError,
+    FpOnnxError,
+    UnsafeFileError,
+    UnsupportedOpError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadDataError",
+    "BadModelError",
+    "BadOptionError",
+    "FpOnnxError",
+    "UnsafeFileError",
+    "UnsupportedOpError",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""Model zoo: architectures after the paper, attack recipes, and small shipped models."""
