@@ -1,16 +1,68 @@
-"""Entry point of the `fp-onnx` console script."""
+"""Entry point of the `fp-onnx` console script.
+
+Every failure a user can cause ends in exactly one `error: ...` line on stderr and a
+non-zero exit code: library errors (`FpOnnxError`) carry their own code, click's
+usage errors exit with 2, and an unexpected exception (a bug) exits with 70 and
+asks for FP_ONNX_DEBUG=1, which shows the traceback instead.
+"""
 from __future__ import annotations
+
+import os
+import sys
 
 import click
 
 from fp_onnx import __version__
+from fp_onnx.errors import FpOnnxError
+
+INTERNAL_ERROR = 70
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class FpOnnxGroup(click.Group):
+    """A click group whose failures are one line each."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            result = super().main(args, prog_name or "fp-onnx", complete_var, standalone_mode=False, **extra)
+        except FpOnnxError as exc:
+            _fail(str(exc), exc.exit_code)
+        except click.exceptions.Abort:
+            _fail("aborted", 130)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as exc:  # noqa: BLE001 - the last line of defense against tracebacks
+            if os.environ.get("FP_ONNX_DEBUG"):
+                raise
+            _fail(f"internal error: {exc.__class__.__name__}: {exc}; rerun with FP_ONNX_DEBUG=1 and report it", INTERNAL_ERROR)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    first_line = message.strip().splitlines()[0] if message.strip() else "failed"
+    click.echo(f"error: {first_line}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=FpOnnxGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="fp-onnx")
 def cli() -> None:
-    """Fine-Pruning defense for untrusted ONNX classifiers."""
+    """Fine-Pruning defense for untrusted ONNX classifiers (Liu et al., RAID 2018).
+
+    Typical use: `fp-onnx layers model.onnx`, `fp-onnx profile model.onnx --data clean.npz`.
+    """
+
+
+def _register_commands() -> None:
+    from fp_onnx.cli import demo, layers, profile
+
+    for module in (layers, profile, demo):
+        cli.add_command(module.command)
+
+
+_register_commands()
 
 
 def main() -> None:
-    cli()
+    cli.main()

@@ -1,0 +1,140 @@
+"""Option groups shared by several commands, and the objects they build.
+
+Each `*_options` decorator adds one family of flags; the matching `*_from`
+function turns the parsed values into library objects. Commands stay a list of
+decorators plus a few library calls.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from fp_onnx.data import DataKeys, Dataset, open_dataset
+from fp_onnx.errors import BadOptionError
+from fp_onnx.images import ImagePreprocess
+from fp_onnx.loading import DEFAULT_MAX_BYTES, LoadedModel, load_model
+from fp_onnx.metrics import AttackSpec
+from fp_onnx.runtime import DEVICES, OPTIMIZATION_LEVELS, RuntimeOptions
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
+          "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
+
+
+def _compose(*decorators: Callable) -> Callable:
+    def apply(function: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+model_argument = click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+
+runtime_options = _compose(
+    click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                 help="Where onnxruntime runs the model; auto uses CUDA only when a GPU is really usable."),
+    click.option("--threads", type=int, default=0, show_default=True, help="Intra-op threads (0: automatic)."),
+    click.option("--graph-optimization", type=click.Choice(list(OPTIMIZATION_LEVELS)), default="all",
+                 show_default=True, help="onnxruntime graph optimisation level."),
+    click.option("--max-model-size", default="8GiB", show_default=True,
+                 help="Refuse model files (with external data) larger than this."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+)
+
+layer_option = click.option(
+    "--layer", default=None, help="Prune point: a Conv node name or a tensor name (default: the last feature conv)."
+)
+
+data_key_options = _compose(
+    click.option("--x-key", default="x", show_default=True, help="Array/dataset holding inputs (.npz, HDF5)."),
+    click.option("--y-key", default="y", show_default=True, help="Array/dataset holding labels."),
+    click.option("--target-key", default="target", show_default=True,
+                 help="Array holding per-sample attacker targets in triggered data."),
+)
+
+image_options = _compose(
+    click.option("--image-size", default=None, metavar="HxW", help="Resize images from class folders to HxW."),
+    click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Multiply pixel values by this."),
+    click.option("--mean", default="0", show_default=True, help="Per-channel mean to subtract, comma-separated."),
+    click.option("--std", default="1", show_default=True, help="Per-channel std to divide by, comma-separated."),
+    click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True,
+                 help="Layout of image inputs, to match the model input."),
+    click.option("--grayscale", is_flag=True, help="Read images as one channel."),
+)
+
+attack_options = _compose(
+    click.option("--target", default=None, metavar="T|data",
+                 help="Targeted attack: the target class id, or 'data' for per-sample targets in the triggered data."),
+    click.option("--untargeted", is_flag=True, help="Untargeted attack: success = 1 - A_backdoor / A_clean."),
+)
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.match(text)
+    if not match:
+        raise BadOptionError(f"--max-model-size {text}: use a number with an optional unit, e.g. 500MB or 8GiB")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+
+
+def runtime_from(params: dict) -> RuntimeOptions:
+    return RuntimeOptions(device=params["device"], threads=params["threads"], optimization=params["graph_optimization"])
+
+
+def load_from(params: dict, path: Path | None = None) -> LoadedModel:
+    max_bytes = parse_size(params.get("max_model_size") or str(DEFAULT_MAX_BYTES))
+    return load_model(path or params["model"], max_bytes=max_bytes)
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise BadOptionError(f"{flag} {text}: expected comma-separated numbers") from None
+
+
+def _image_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d+)[x,](\d+)", text.strip())
+    if not match:
+        raise BadOptionError(f"--image-size {text}: expected HxW, e.g. 32x32")
+    return int(match.group(1)), int(match.group(2))
+
+
+def dataset_from(params: dict, path: Path) -> Dataset:
+    preprocess = ImagePreprocess(
+        size=_image_size(params.get("image_size")),
+        scale=params.get("scale", 1 / 255),
+        mean=_floats(params.get("mean", "0"), "--mean"),
+        std=_floats(params.get("std", "1"), "--std"),
+        layout=params.get("layout", "NCHW"),
+        grayscale=params.get("grayscale", False),
+    )
+    keys = DataKeys(x=params.get("x_key", "x"), y=params.get("y_key", "y"), target=params.get("target_key", "target"))
+    return open_dataset(path, keys=keys, preprocess=preprocess)
+
+
+def attack_from(params: dict, has_trigger_data: bool) -> AttackSpec | None:
+    """The attack definition, or None; refuses contradictory or dangling flags."""
+    target, untargeted = params.get("target"), params.get("untargeted", False)
+    if target is not None and untargeted:
+        raise BadOptionError("--target and --untargeted exclude each other")
+    if not has_trigger_data:
+        if target is not None or untargeted:
+            raise BadOptionError("--target/--untargeted describe triggered data; give --trigger-data too")
+        return None
+    if target is None and not untargeted:
+        raise BadOptionError("--trigger-data needs --target T, --target data, or --untargeted to define attack success")
+    if untargeted:
+        return AttackSpec("untargeted")
+    if target == "data":
+        return AttackSpec("targeted", None)
+    try:
+        return AttackSpec("targeted", int(target))
+    except ValueError:
+        raise BadOptionError(f"--target {target}: expected a class id or 'data'") from None

@@ -1,0 +1,62 @@
+"""Turn image files into model inputs: resize, scale, normalise, lay out.
+
+The preprocessing must match what the vendor's model was trained on, which only
+the user knows; the defaults (scale to [0, 1], NCHW, no normalisation) match what
+torch-trained models usually expect. Pillow decodes the files (it is a
+matplotlib dependency already, and handles PNG/JPEG/PPM/BMP without surprises).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fp_onnx.errors import BadDataError, BadOptionError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"})
+LAYOUTS = ("NCHW", "NHWC")
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    size: tuple[int, int] | None = None
+    """(height, width) to resize to, or None to keep the file's size."""
+    scale: float = 1 / 255
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: str = "NCHW"
+    grayscale: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise BadOptionError(f"--layout {self.layout}: choose NCHW or NHWC")
+        if any(s == 0 for s in self.std):
+            raise BadOptionError("--std: values must be non-zero")
+
+    def __call__(self, image) -> np.ndarray:
+        image = image.convert("L" if self.grayscale else "RGB")
+        if self.size is not None:
+            image = image.resize((self.size[1], self.size[0]), resample=_bilinear())
+        pixels = np.asarray(image, dtype=np.float32)
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        pixels = (pixels * self.scale - np.float32(self.mean)) / np.float32(self.std)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1) if self.layout == "NCHW" else pixels, dtype=np.float32)
+
+
+def _bilinear():
+    from PIL import Image
+
+    return Image.Resampling.BILINEAR
+
+
+def load_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise BadDataError(f"{path}: not a readable image ({exc})") from None
