@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from fp_onnx.cli.layers import format_table
+from fp_onnx.cli.options import show_progress
 from fp_onnx.cli.profile import profile_summary
 from fp_onnx.data import open_dataset
 from fp_onnx.loading import load_model
@@ -33,7 +34,7 @@ def command(out_dir: Path) -> None:
         open_dataset(demo.clean_val),
         triggered=open_dataset(demo.triggered_test),
         attack=AttackSpec("targeted", None),
-        progress=True,
+        progress=show_progress(),
     )
     written = write_profile_outputs(out_dir, profile, loaded)
     click.echo(profile_summary(profile))

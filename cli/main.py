@@ -55,9 +55,9 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from fp_onnx.cli import demo, layers, profile
+    from fp_onnx.cli import demo, fine_prune, finetune, layers, profile, prune
 
-    for module in (layers, profile, demo):
+    for module in (layers, profile, prune, finetune, fine_prune, demo):
         cli.add_command(module.command)
 
 

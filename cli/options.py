@@ -7,6 +7,7 @@ decorators plus a few library calls.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,7 @@ _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6,
           "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
 
 
-def _compose(*decorators: Callable) -> Callable:
+def compose(*decorators: Callable) -> Callable:
     def apply(function: Callable) -> Callable:
         for decorator in reversed(decorators):
             function = decorator(function)
@@ -35,7 +36,7 @@ def _compose(*decorators: Callable) -> Callable:
 
 model_argument = click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 
-runtime_options = _compose(
+runtime_options = compose(
     click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                  help="Where onnxruntime runs the model; auto uses CUDA only when a GPU is really usable."),
     click.option("--threads", type=int, default=0, show_default=True, help="Intra-op threads (0: automatic)."),
@@ -50,14 +51,14 @@ layer_option = click.option(
     "--layer", default=None, help="Prune point: a Conv node name or a tensor name (default: the last feature conv)."
 )
 
-data_key_options = _compose(
+data_key_options = compose(
     click.option("--x-key", default="x", show_default=True, help="Array/dataset holding inputs (.npz, HDF5)."),
     click.option("--y-key", default="y", show_default=True, help="Array/dataset holding labels."),
     click.option("--target-key", default="target", show_default=True,
                  help="Array holding per-sample attacker targets in triggered data."),
 )
 
-image_options = _compose(
+image_options = compose(
     click.option("--image-size", default=None, metavar="HxW", help="Resize images from class folders to HxW."),
     click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Multiply pixel values by this."),
     click.option("--mean", default="0", show_default=True, help="Per-channel mean to subtract, comma-separated."),
@@ -67,11 +68,16 @@ image_options = _compose(
     click.option("--grayscale", is_flag=True, help="Read images as one channel."),
 )
 
-attack_options = _compose(
+attack_options = compose(
     click.option("--target", default=None, metavar="T|data",
                  help="Targeted attack: the target class id, or 'data' for per-sample targets in the triggered data."),
     click.option("--untargeted", is_flag=True, help="Untargeted attack: success = 1 - A_backdoor / A_clean."),
 )
+
+
+def show_progress() -> bool:
+    """Progress bars only where a person watches (a terminal), not in logs or pipes."""
+    return sys.stderr.isatty()
 
 
 def parse_size(text: str) -> int:

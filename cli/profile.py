@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from fp_onnx.cli.options import (
+    show_progress,
     attack_from,
     attack_options,
     data_key_options,
@@ -49,7 +50,7 @@ def command(**params) -> None:
     out_dir = prepare_output_dir(params["out_dir"])
     profile = profile_model(
         loaded.model, point, clean, triggered=triggered, attack=attack,
-        options=runtime_from(params), batch_size=params["batch_size"], progress=True,
+        options=runtime_from(params), batch_size=params["batch_size"], progress=show_progress(),
     )
     for note in profile.notes:
         click.echo(f"note: {note}", err=True)

@@ -315,3 +315,27 @@ def check_fits(dataset: Dataset, spec: TensorSpec) -> None:
         )
     if not wants_float and dataset.dtype != spec.dtype:
         raise BadDataError(f"{dataset.source}: holds {dataset.dtype} values but model input {spec.describe()} expects {spec.dtype}")
+
+
+def split_dataset(dataset: Dataset, val_fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Deterministic (fine-tuning, validation) split, stratified by label when labels exist.
+
+    Each class contributes round(val_fraction * count) samples (at least one where it
+    has two or more) to validation, so a rare class is not lost from either part.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise BadDataError(f"validation fraction {val_fraction}: must lie strictly between 0 and 1")
+    rng = np.random.default_rng(seed)
+    labels = dataset.labels if dataset.labels is not None else np.zeros(len(dataset), dtype=np.int64)
+    val: list[np.ndarray] = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        count = int(round(val_fraction * len(members)))
+        if len(members) >= 2:
+            count = min(max(count, 1), len(members) - 1)
+        val.append(members[:count])
+    val_indices = np.sort(np.concatenate(val)) if val else np.array([], dtype=np.int64)
+    train_indices = np.setdiff1d(np.arange(len(dataset)), val_indices)
+    if len(val_indices) == 0 or len(train_indices) == 0:
+        raise BadDataError(f"{dataset.source}: {len(dataset)} samples are too few to split for fine-tuning and validation")
+    return dataset.subset(train_indices), dataset.subset(val_indices)

@@ -113,3 +113,33 @@ def test_unexpected_exceptions_become_one_line(monkeypatch, vendor):
 def test_help_and_version():
     assert invoke("--help").exit_code == 0
     assert "fp-onnx" in invoke("--version").output
+
+
+def test_prune_writes_a_smaller_model_curve_and_plot(vendor, tmp_path):
+    folder, model = vendor
+    result = invoke("prune", model, "--data", folder / "clean.npz", "--fraction", "0.5", "--trigger-data",
+                    folder / "triggered.npz", "--untargeted", "--out", tmp_path, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "prune_curve.json").read_text())
+    assert report["channels_pruned"] == 8 and len(report["steps"]) == 16
+    assert report["cost_after"]["parameters"] < report["cost_before"]["parameters"]
+    pruned = onnx.load(tmp_path / "pruned.onnx")
+    onnx.checker.check_model(pruned, full_check=True)
+    assert [i.name for i in pruned.graph.input] == ["input"] and [o.name for o in pruned.graph.output] == ["logits"]
+    for name in ("prune_curve.png", "activations.png", "profile.json"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "extra,pattern",
+    [
+        (["--threshold", "1.5"], "must lie in [0, 1]"),
+        (["--threshold", "0.1", "--fraction", "0.2"], "choose one stop rule"),
+        (["--channels", "16"], "at most 15"),
+    ],
+)
+def test_prune_bad_flags(vendor, tmp_path, extra, pattern):
+    folder, model = vendor
+    result = invoke("prune", model, "--data", folder / "clean.npz", "--out", tmp_path / "o", *extra)
+    assert_one_line_error(result, 2, pattern)
+    assert not (tmp_path / "o" / "pruned.onnx").exists()

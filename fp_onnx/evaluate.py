@@ -1,0 +1,61 @@
+"""Measure a model the way the paper's Table 1 does: clean accuracy and attack success rate."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+
+from fp_onnx.data import Dataset, check_fits
+from fp_onnx.inference import ModelRunner, predictions
+from fp_onnx.metrics import AttackSpec, accuracy, attack_success_rate
+from fp_onnx.runtime import RuntimeOptions
+
+
+@dataclass(frozen=True)
+class Measurement:
+    clean_accuracy: float
+    attack_success: float | None
+    clean_samples: int
+    triggered_samples: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def predict(runner: ModelRunner, dataset: Dataset, batch_size: int) -> np.ndarray:
+    check_fits(dataset, runner.input)
+    return np.concatenate([predictions(runner.run(b.x)[runner.output]) for b in dataset.batches(batch_size)])
+
+
+def measure(
+    model: onnx.ModelProto,
+    clean: Dataset,
+    *,
+    triggered: Dataset | None = None,
+    attack: AttackSpec | None = None,
+    options: RuntimeOptions = RuntimeOptions(),
+    batch_size: int = 64,
+) -> Measurement:
+    """Clean accuracy on `clean` and, given triggered data, the attack success rate."""
+    runner = ModelRunner(model, options=options)
+    clean_accuracy = accuracy(predict(runner, clean, batch_size), clean.labels)
+    success = None
+    if triggered is not None and attack is not None:
+        triggered_predictions = predict(runner, triggered, batch_size)
+        success = attack_success_rate(attack, triggered_predictions, triggered.labels, triggered.targets, clean_accuracy)
+    return Measurement(clean_accuracy, success, len(clean), 0 if triggered is None else len(triggered))
+
+
+def latency_ms(model: onnx.ModelProto, sample: np.ndarray, *, options: RuntimeOptions = RuntimeOptions(),
+               runs: int = 30) -> float:
+    """Median onnxruntime latency of one batch (`sample`), in milliseconds, after a warm-up."""
+    runner = ModelRunner(model, options=options)
+    runner.run(sample)
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner.run(sample)
+        timings.append((time.perf_counter() - start) * 1000)
+    return float(np.median(timings))

@@ -1,0 +1,47 @@
+"""Shared pytest fixtures."""
+from __future__ import annotations
+
+# ============================================================ model zoo (graph-structure helper)
+# Session-cached exports of tests/model_zoo.py: each (architecture, exporter) pair is
+# exported at most once per test session (dynamo exports cost 5-20 s each here).
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import pytest
+
+import model_zoo
+
+
+@pytest.fixture(scope="session")
+def zoo_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
+    """`zoo_path(arch, exporter)`: the path of the exported zoo model (exported on first use)."""
+    folder = tmp_path_factory.mktemp("zoo")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(arch: str, exporter: str) -> Path:
+        if (arch, exporter) not in cache:
+            cache[arch, exporter] = model_zoo.export_zoo(arch, exporter, folder)
+        return cache[arch, exporter]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def zoo_model(zoo_path: Callable[[str, str], Path]) -> Callable[[str, str], onnx.ModelProto]:
+    """`zoo_model(name, exporter)`: a loaded zoo model (shared; do not mutate it).
+
+    `name` is an ARCHITECTURES key, or "keras_nhwc" / "caffe" for the helper-built graphs
+    (exporter ignored for those)."""
+    cache: dict[tuple[str, str], onnx.ModelProto] = {}
+    builders = {"keras_nhwc": model_zoo.build_keras_nhwc_model, "caffe": model_zoo.build_caffe_style_model}
+
+    def get(name: str, exporter: str = "legacy") -> onnx.ModelProto:
+        key = (name, "helper" if name in builders else exporter)
+        if key not in cache:
+            cache[key] = (model_zoo.name_nodes(builders[name]()) if name in builders
+                          else model_zoo.load_for_tests(zoo_path(name, exporter)))
+        return cache[key]
+
+    return get
+# ============================================================ end model zoo

@@ -1,0 +1,115 @@
+"""The pruning defense: the fast sweep equals running each pruned model; the paper's stop rule."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import model_zoo
+from fp_onnx.data import ArrayDataset
+from fp_onnx.errors import BadDataError, BadOptionError
+from fp_onnx.inference import ModelRunner, predictions
+from fp_onnx.metrics import AttackSpec
+from fp_onnx.prune import PruneCurve, StopRule, channels_to_prune, measure_curve, prune_defense
+from fp_onnx.prune_point import find_prune_points, resolve_prune_point
+from fp_onnx.runtime import RuntimeOptions
+from fp_onnx.surgery import mask_channels
+from fp_onnx.sweep import PruneSweep
+
+CPU = RuntimeOptions(device="cpu")
+
+SWEEP_CASES = [
+    ("alexnet", "legacy", "default", "masked-tail"),
+    ("alexnet", "dynamo", "default", "masked-tail"),
+    ("deepid", "legacy", "conv3", "masked-tail"),
+    ("deepid", "dynamo", "default", "masked-tail"),
+    ("resnet18", "legacy", "default", "masked-tail"),
+    ("mobilenetv2", "legacy", "default", "running-sum"),
+    ("keras_nhwc", "helper", "default", "running-sum"),
+    ("caffe", "helper", "default", "masked-tail"),
+]
+
+
+def _point(model, which):
+    if which == "default":
+        return resolve_prune_point(model, None)
+    return next(p for p in find_prune_points(model) if p.channels == 16 and p.spatial == (5, 4))
+
+
+def _inputs(model, count, seed=0):
+    return next(iter(model_zoo.random_input(model, count, seed).values()))
+
+
+@pytest.mark.parametrize("arch,exporter,which,method", SWEEP_CASES)
+def test_sweep_equals_running_each_masked_model(zoo_model, arch, exporter, which, method):
+    model = zoo_model(arch, exporter)
+    point = _point(model, which)
+    x = _inputs(model, 24)
+    data = ArrayDataset(x)
+    order = np.random.default_rng(1).permutation(point.channels)
+    steps = sorted({0, 1, point.channels // 2, point.channels - 1})
+    sweep = PruneSweep(model, point, CPU)
+    fast = sweep.predictions(data, order, steps, batch_size=10)
+    assert ("running-sum" if sweep.uses_running_sum else "masked-tail") == method
+    for row, k in enumerate(steps):
+        reference = mask_channels(model, point, order[:k]) if k else model
+        expected = predictions(ModelRunner(reference, options=CPU).run(x)[reference.graph.output[0].name])
+        np.testing.assert_array_equal(fast[row], expected, err_msg=f"step {k}")
+
+
+def _curve(accuracies):
+    n = len(accuracies)
+    return PruneCurve(list(range(n)), list(range(n)), list(accuracies), None, "test")
+
+
+def test_threshold_rule_keeps_the_last_model_within_the_drop():
+    curve = _curve([0.90, 0.90, 0.89, 0.87, 0.85, 0.60, 0.88])
+    assert channels_to_prune(curve, StopRule("threshold", 0.04)) == 3  # 0.90 - 0.85 = 0.05 > 0.04 at step 4
+    assert channels_to_prune(curve, StopRule("threshold", 0.05)) == 4
+    assert channels_to_prune(curve, StopRule("threshold", 0.0)) == 1
+    assert channels_to_prune(curve, StopRule("threshold", 1.0)) == 6  # never all channels
+
+
+def test_fraction_and_channel_rules():
+    curve = _curve([1.0] * 10)
+    assert channels_to_prune(curve, StopRule("fraction", 0.35)) == 3
+    assert channels_to_prune(curve, StopRule("fraction", 1.0)) == 9
+    assert channels_to_prune(curve, StopRule("channels", 4)) == 4
+    with pytest.raises(BadOptionError, match="at most 9"):
+        channels_to_prune(curve, StopRule("channels", 10))
+
+
+@pytest.mark.parametrize("kind,value", [("threshold", -0.1), ("threshold", 1.5), ("fraction", 2.0), ("channels", 2.5), ("magic", 0.1)])
+def test_invalid_stop_rules(kind, value):
+    with pytest.raises(BadOptionError):
+        StopRule(kind, value)
+
+
+def test_prune_defense_end_to_end(zoo_model):
+    model = zoo_model("alexnet", "legacy")
+    point = resolve_prune_point(model, None)
+    x = _inputs(model, 60, seed=3)
+    labels = predictions(ModelRunner(model, options=CPU).run(x)["logits"])  # clean accuracy starts at 1.0
+    triggered = x.copy()
+    triggered[:, :, -8:, -8:] = 4.0
+    outcome = prune_defense(model, point, ArrayDataset(x, labels), StopRule("threshold", 0.1),
+                            triggered=ArrayDataset(triggered, labels), attack=AttackSpec("untargeted"), options=CPU)
+    curve = outcome.curve
+    assert curve.clean_accuracy[0] == 1.0 and len(curve.clean_accuracy) == point.channels
+    assert curve.order == outcome.profile.pruning_order().tolist()
+    kept = outcome.channels_pruned
+    assert all(1.0 - acc <= 0.1 for acc in curve.clean_accuracy[: kept + 1])
+    if kept < point.channels - 1:
+        assert 1.0 - curve.clean_accuracy[kept + 1] > 0.1
+    pruned_accuracy = float((predictions(ModelRunner(outcome.surgery.model, options=CPU).run(x)["logits"]) == labels).mean())
+    assert pruned_accuracy == pytest.approx(curve.clean_accuracy[kept])
+    assert len(outcome.surgery.channels_kept) == point.channels - kept
+    assert len(curve.attack_success) == point.channels
+    report = outcome.to_dict()
+    assert report["channels_pruned"] == kept and report["pruned_channels"] == curve.order[:kept]
+
+
+def test_pruning_needs_labels(zoo_model):
+    model = zoo_model("alexnet", "legacy")
+    point = resolve_prune_point(model, None)
+    with pytest.raises(BadDataError, match="needs labels"):
+        measure_curve(model, point, np.arange(point.channels), ArrayDataset(_inputs(model, 4)), options=CPU)
