@@ -10,14 +10,12 @@ from fp_onnx.cli.finetune_options import finetune_config_from, finetune_options
 from fp_onnx.cli.options import (
     attack_from,
     attack_options,
-    data_key_options,
     dataset_from,
-    image_options,
+    input_options,
     layer_option,
     load_from,
     model_argument,
     runtime_from,
-    runtime_options,
     show_progress,
 )
 from fp_onnx.cli.prune import stop_rule_from
@@ -49,9 +47,7 @@ from fp_onnx.reporting import write_defense_outputs
 @finetune_options
 @click.option("--baselines", is_flag=True, help="Also run pruning-only and fine-tuning-only (paper Table 1).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("fp-onnx-out"), show_default=True)
-@runtime_options
-@data_key_options
-@image_options
+@input_options
 def command(**params) -> None:
     """Profile, prune, fine-tune and evaluate: ship defended.onnx.
 

@@ -7,12 +7,10 @@ import click
 
 from fp_onnx.cli.finetune_options import finetune_config_from, finetune_options
 from fp_onnx.cli.options import (
-    data_key_options,
     dataset_from,
-    image_options,
+    input_options,
     load_from,
     model_argument,
-    runtime_options,
     show_progress,
 )
 from fp_onnx.data import split_dataset
@@ -32,9 +30,7 @@ from fp_onnx.signature import signature_differences
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @finetune_options
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("fp-onnx-out"), show_default=True)
-@runtime_options
-@data_key_options
-@image_options
+@input_options
 def command(**params) -> None:
     """Fine-tune the model on clean data (PyTorch), keep the vendor's ONNX graph.
 

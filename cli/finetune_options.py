@@ -9,7 +9,7 @@ from fp_onnx.finetune import OPTIMIZERS, FineTuneConfig
 finetune_options = compose(
     click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
                  help="Most epochs; training stops earlier once validation accuracy stops improving."),
-    click.option("--lr", type=float, default=0.01, show_default=True,
+    click.option("--lr", type=float, default=0.001, show_default=True,
                  help="Learning rate: small, as fine-tuning starts from trained weights."),
     click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True),
     click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True,

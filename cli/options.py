@@ -68,6 +68,9 @@ image_options = compose(
     click.option("--grayscale", is_flag=True, help="Read images as one channel."),
 )
 
+input_options = compose(runtime_options, data_key_options, image_options)
+"""Everything about running the model and reading data: what every data-consuming command takes."""
+
 attack_options = compose(
     click.option("--target", default=None, metavar="T|data",
                  help="Targeted attack: the target class id, or 'data' for per-sample targets in the triggered data."),

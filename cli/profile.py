@@ -9,14 +9,12 @@ from fp_onnx.cli.options import (
     show_progress,
     attack_from,
     attack_options,
-    data_key_options,
     dataset_from,
-    image_options,
+    input_options,
     layer_option,
     load_from,
     model_argument,
     runtime_from,
-    runtime_options,
 )
 from fp_onnx.outputs import prepare_output_dir
 from fp_onnx.profile import profile_model
@@ -33,9 +31,7 @@ from fp_onnx.reporting import write_profile_outputs
 @layer_option
 @attack_options
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("fp-onnx-out"), show_default=True)
-@runtime_options
-@data_key_options
-@image_options
+@input_options
 def command(**params) -> None:
     """Record the mean activation of every channel of a conv layer on clean data.
 

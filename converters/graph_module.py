@@ -84,6 +84,11 @@ class OnnxGraphModule(torch.nn.Module):
                 self.onnx_names[plan.torch_name] = plan.onnx_name
             self._initializer_attrs.append((plan.onnx_name, plan.torch_name))
 
+    @property
+    def computes_shapes(self) -> bool:
+        """Whether the graph reads tensor shapes at run time (Shape/Size), e.g. `x.view(x.size(0), -1)` exports."""
+        return any(step.node.op_type in ("Shape", "Size") for step in self._steps)
+
     def forward(self, *inputs: torch.Tensor):
         if len(inputs) != len(self.input_names):
             raise TypeError(f"the graph takes {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")

@@ -53,26 +53,45 @@ def model_opset(model: onnx.ModelProto) -> int:
 
 def plan_initializers(model: onnx.ModelProto) -> list[InitializerPlan]:
     """One plan per graph initializer, in graph order, with unique torch-safe names."""
-    opset = model_opset(model)
-    roles: dict[str, str] = {}
-    initializers = {init.name: init for init in model.graph.initializer}
-    for proto in model.graph.node:
-        node = OnnxNode.from_proto(proto, opset)
-        entry = find_converter(node, proto.domain)
-        for slot, name in enumerate(node.inputs):
-            init = initializers.get(name)
-            if init is None or init.data_type not in _FLOAT_TYPES:
-                continue
-            if slot in entry.buffers:
-                roles[name] = BUFFER
-            elif slot in entry.params and _numel(init) >= entry.min_param_numel and roles.get(name) != BUFFER:
-                roles[name] = PARAMETER
+    roles = _initializer_roles(model)
     used: set[str] = set()
     plans = []
     for init in model.graph.initializer:
         torch_name = _unique(sanitize(init.name), used)
         plans.append(InitializerPlan(init.name, torch_name, roles.get(init.name, CONSTANT), tuple(init.dims)))
     return plans
+
+
+# Ops that only re-type or re-lay-out a weight on its way to the op that uses it
+# (legacy exporters' Identity for shared weights, Cast of float16 storage,
+# tf2onnx's Transpose/Reshape of kernels): the source initializer is what trains.
+_PASS_THROUGH = {"Identity", "Cast", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Flatten"}
+
+
+def _initializer_roles(model: onnx.ModelProto) -> dict[str, str]:
+    opset = model_opset(model)
+    initializers = {init.name: init for init in model.graph.initializer}
+    producers = {name: node for node in model.graph.node for name in node.output}
+    roles: dict[str, str] = {}
+    for proto in model.graph.node:
+        node = OnnxNode.from_proto(proto, opset)
+        entry = find_converter(node, proto.domain)
+        for slot, name in enumerate(node.inputs):
+            init = initializers.get(_source(name, producers))
+            if init is None or init.data_type not in _FLOAT_TYPES:
+                continue
+            if slot in entry.buffers:
+                roles[init.name] = BUFFER
+            elif slot in entry.params and _numel(init) >= entry.min_param_numel and roles.get(init.name) != BUFFER:
+                roles[init.name] = PARAMETER
+    return roles
+
+
+def _source(name: str, producers: dict[str, onnx.NodeProto]) -> str:
+    """The tensor `name` is computed from through pass-through ops (itself if none)."""
+    while name in producers and producers[name].op_type in _PASS_THROUGH and producers[name].input:
+        name = producers[name].input[0]
+    return name
 
 
 def sanitize(onnx_name: str) -> str:

@@ -3,9 +3,10 @@
 The default deliverable is the vendor's own graph with new weights
 (`write_back`). Some users prefer a re-traced graph (e.g. to let torch fuse or
 simplify); this keeps the input/output names and, optionally, a dynamic batch axis.
-Graphs whose shapes are computed at run time (Shape -> Gather -> Reshape chains)
-are traced with the example's batch size baked into those computations; prefer
-`write_back` for them.
+Graphs that compute shapes at run time (Shape -> Gather -> Concat -> Reshape
+chains) cannot be re-traced with a dynamic batch: the tracers turn those shapes
+into constants (legacy) or refuse them (dynamo). `reexport` refuses them with
+dynamic_batch=True; `write_back` keeps such graphs as they are.
 """
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ def reexport(
     """
     if exporter not in EXPORTERS:
         raise BadOptionError(f"exporter must be one of {EXPORTERS}, got '{exporter}'")
+    if dynamic_batch and getattr(module, "computes_shapes", False):
+        raise BadOptionError(
+            "this graph computes tensor shapes at run time (Shape/Size nodes), which re-tracing would fix to the "
+            "example's batch size; use write_back to keep the vendor graph, or pass dynamic_batch=False"
+        )
     path = Path(path)
     was_training = module.training
     module.eval()

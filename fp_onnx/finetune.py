@@ -6,10 +6,11 @@ written back into the *same* ONNX graph, so the defended model keeps the vendor'
 inputs, outputs, op set and everything else but the weights.
 
 Defaults follow the paper: fine-tuning starts from the vendor's weights with a
-learning rate well below a from-scratch one (SGD, momentum 0.9, lr 0.01) and runs
+learning rate well below a from-scratch one (SGD, momentum 0.9, lr 0.001) and runs
 "until convergence", which we make precise as early stopping on validation
-accuracy (stop after `patience` epochs without improvement, keep the best epoch),
-capped at `epochs`.
+accuracy (stop after `patience` epochs without improvement, keep the best epoch,
+ties going to the later one), capped at `epochs`. The vendor's own weights (epoch 0)
+are never returned: they are what we distrust, and a backdoor survives in them.
 
 `noise` implements the stronger variant of §4: before fine-tuning every weight
 tensor W gets Gaussian noise of standard deviation `noise * std(W)` (relative,
@@ -43,7 +44,7 @@ DEVICES = ("auto", "cpu", "cuda")
 class FineTuneConfig:
     epochs: int = 30
     """Upper bound; early stopping usually ends sooner."""
-    lr: float = 0.01
+    lr: float = 0.001
     batch_size: int = 64
     optimizer: str = "sgd"
     momentum: float = 0.9
@@ -127,18 +128,17 @@ def fine_tune(
         add_weight_noise(module, config.noise, config.seed)
     trainer = _Trainer(module, kind, config, device, context)
     result = FineTuneResult(model=model, device=device.type, config=asdict(config))
-    result.initial_val_accuracy = best = trainer.evaluate(val)
-    best_state, best_epoch, stale = copy.deepcopy(module.state_dict()), 0, 0
+    result.initial_val_accuracy = trainer.evaluate(val)
+    best, best_state, best_epoch, stale = -1.0, None, 0, 0
     for epoch in range(1, config.epochs + 1):
         loss = trainer.train_epoch(train, epoch, progress and context.is_main)
         val_accuracy = trainer.evaluate(val)
         result.history.append({"epoch": epoch, "train_loss": loss, "val_accuracy": val_accuracy})
-        if val_accuracy > best + 1e-9:
-            best, best_state, best_epoch, stale = val_accuracy, copy.deepcopy(module.state_dict()), epoch, 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
+        stale = 0 if val_accuracy > best + 1e-9 else stale + 1
+        if val_accuracy >= best:  # ties go to the later, longer fine-tuned epoch
+            best, best_state, best_epoch = val_accuracy, copy.deepcopy(module.state_dict()), epoch
+        if stale >= config.patience:
+            break
     module.load_state_dict(best_state)
     result.model = write_back(model, module.cpu())
     result.best_epoch, result.best_val_accuracy = best_epoch, best

@@ -161,8 +161,7 @@ def measure_curve(
             attack_success_rate(attack, p, triggered.labels, triggered.targets, acc)
             for p, acc in zip(triggered_predictions, clean_accuracy)
         ]
-    method = "running-sum" if sweep.uses_running_sum else "masked-tail"
-    return PruneCurve([int(c) for c in order], steps, clean_accuracy, success, method)
+    return PruneCurve([int(c) for c in order], steps, clean_accuracy, success, sweep.method)
 
 
 def prune_defense(

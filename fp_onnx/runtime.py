@@ -34,6 +34,8 @@ class RuntimeOptions:
     threads: int = 0
     """Intra-op threads; 0 lets onnxruntime decide (one per physical core)."""
     optimization: str = "all"
+    allow_spinning: bool = True
+    """Let idle intra-op threads spin; off where several sessions take turns on the same cores."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -95,6 +97,8 @@ def create_session(model: onnx.ModelProto, options: RuntimeOptions = RuntimeOpti
     session_options.log_severity_level = _QUIET
     session_options.graph_optimization_level = OPTIMIZATION_LEVELS[options.optimization]
     session_options.intra_op_num_threads = options.threads
+    if not options.allow_spinning:
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = select_providers(options.device)
     try:
         session = ort.InferenceSession(model.SerializeToString(), session_options, providers=providers)

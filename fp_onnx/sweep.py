@@ -3,31 +3,35 @@
 The pruning defense needs clean accuracy (and, for the report, attack success)
 after pruning 0, 1, 2, ... channels in the profiled order. Pruning the first k
 channels gives exactly the original model with those channels forced to zero at
-the prune point (surgery is tested against that masked reference), so the curve
-only needs the part of the graph *after* the cut to be re-evaluated:
+the prune point (surgery is tested against that masked reference), so only the
+part of the graph *after* the cut has to be re-evaluated per step:
 
 1. Split the graph at the prune point. The *tail* is every node downstream of the
    prune-point tensor; the tensors that cross the cut (the prune-point tensor, plus
    e.g. a residual or a parallel branch that joins later) become its inputs.
 2. Per batch, run the vendor model once with those crossing tensors tapped (the
    *head* pass, as costly as one profiling pass).
-3. Evaluate the tail for many steps at once: the prune-point tensor is multiplied
-   by each step's 0/1 channel mask in NumPy and the masked copies are stacked
-   along the batch axis, so one onnxruntime call covers many steps.
-4. When the tail is *affine* in the prune-point tensor (pooling, Flatten/Reshape,
-   Gemm/MatMul, constant Add/Mul, up to an optional final Softmax), removing channel c
-   subtracts a fixed per-sample contribution from the logits, so the whole curve is
-   a running sum of per-channel contributions, computed from one tail pass with one
-   channel kept at a time. The affine path is verified against the real logits on
-   every batch; any mismatch falls back to the masked path.
+3. The tail's *affine prefix* (Conv, Gemm/MatMul, Flatten/Reshape, average pooling,
+   BatchNormalization, constant Add/Mul ..., up to the first op that is not affine in
+   the prune-point tensor) maps the prune-point tensor a to boundary tensors
+   z = b + Σ_c L_c a_c. L is probed once per model (unit inputs); per batch every
+   channel's contribution L_c a_c is one matrix product, and pruning the first k
+   channels subtracts a running sum. When the prefix reaches the logits (pooling and
+   affine layers only, bar a final softmax), the whole curve follows from that one
+   pass ("running-sum"); otherwise only the rest of the tail runs per step, on the
+   running sums ("affine-prefix").
+4. Without an affine prefix, the tail is evaluated on masked copies of the
+   prune-point tensor, many steps stacked along the batch axis per onnxruntime call
+   ("masked-tail").
 
-Both paths are exact (same predictions as building and running each pruned model),
-which `bench/prune_sweep.py` checks side by side against the naive way.
+Every batch checks the probed map against the prefix itself (a mismatch falls back
+to the masked path), so all paths give the predictions of building and running each
+pruned model; `bench/prune_sweep.py` checks that side by side against the naive way.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -43,15 +47,16 @@ from fp_onnx.prune_point import PrunePoint
 from fp_onnx.runtime import RuntimeOptions, create_session
 
 AFFINE_OPS = frozenset({
-    "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout",
-    "GlobalAveragePool", "AveragePool", "ReduceMean", "ReduceSum", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div",
-    "Constant", "Shape", "Gather", "Concat", "Cast",
+    "Conv", "BatchNormalization", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Flatten", "Reshape", "Transpose",
+    "Squeeze", "Unsqueeze", "Identity", "Dropout", "GlobalAveragePool", "AveragePool", "ReduceMean", "ReduceSum",
 })
-"""Ops that keep the tail affine when every input other than the traced one is constant."""
+"""Ops that are affine in the traced input when every other input is a constant."""
 MONOTONE_LAST_OPS = frozenset({"Softmax", "LogSoftmax"})
-"""A final op that does not change the argmax; the affine path drops it."""
-MAX_TAIL_ELEMENTS = 16 * 1024 * 1024
-"""Elements of masked prune-point tensor stacked into one tail call (64 MiB of float32)."""
+"""A final op that does not change the argmax."""
+MAX_STACK_ELEMENTS = 16 * 1024 * 1024
+"""Elements stacked into one tail call (64 MiB of float32)."""
+MAX_PROBE_ELEMENTS = 64 * 1024 * 1024
+"""Largest probed linear map (inputs per sample x outputs per sample) we hold in memory."""
 
 
 @dataclass(frozen=True)
@@ -60,41 +65,44 @@ class GraphCut:
 
     crossing: tuple[str, ...]
     """Tensors the tail reads from the head; crossing[0] is the prune-point tensor."""
-    tail: onnx.ModelProto
     output: str
-    affine_tail: onnx.ModelProto | None
-    """The tail up to the logits (before a final softmax) when it is affine in the prune-point
-    tensor and reads nothing else from the head; None otherwise."""
+    tail: onnx.ModelProto
+    """crossing -> output: the masked path."""
+    prefix: onnx.ModelProto | None = None
+    """prune-point tensor -> boundaries, affine; None when the tail starts with a non-affine op."""
+    boundaries: tuple[str, ...] = ()
+    rest: onnx.ModelProto | None = None
+    """boundaries + other crossing -> output; None when a boundary is the logits themselves."""
 
 
 def cut_at(model: onnx.ModelProto, point: PrunePoint) -> GraphCut:
-    """Split `model` at `point.tensor` into head taps and a tail model (inputs: crossing tensors)."""
+    """Split `model` at `point.tensor` into head taps, a tail, and the tail's affine prefix."""
     graph = gs.import_onnx(model)
     output = graph.outputs[0].name
     tail_nodes = _downstream(graph, point.tensor)
     produced = {t.name for node in tail_nodes for t in node.outputs}
+    if output not in produced:
+        raise BadModelError(f"the classifier output '{output}' does not depend on prune point '{point.tensor}'")
     crossing = [point.tensor]
     for node in tail_nodes:
         for tensor in node.inputs:
             if isinstance(tensor, gs.Variable) and tensor.name and tensor.name not in produced and tensor.name not in crossing:
                 crossing.append(tensor.name)
-    if output not in produced:
-        raise BadModelError(f"the classifier output '{output}' does not depend on prune point '{point.tensor}'")
     extractor = onnx.utils.Extractor(model)
-    tail = extractor.extract_model(crossing, [output])
-    affine_tail = None
-    if len(crossing) == 1 and _is_affine(tail_nodes, point.tensor, output):
-        last = next(node for node in tail_nodes if node.outputs[0].name == output)
-        logits = last.inputs[0].name if last.op in MONOTONE_LAST_OPS else output
-        affine_tail = extractor.extract_model(crossing, [logits])
-    return GraphCut(tuple(crossing), tail, output, affine_tail)
+    cut = GraphCut(tuple(crossing), output, extractor.extract_model(crossing, [output]))
+    boundaries = _affine_boundaries(tail_nodes, point.tensor, output)
+    if boundaries is None or point.tensor in boundaries:
+        return cut  # no affine prefix, or the tail also reads the prune-point tensor itself
+    logits = len(boundaries) == 1 and boundaries[0] == _logits_tensor(tail_nodes, output)
+    rest = None if logits else extractor.extract_model([*boundaries, *crossing[1:]], [output])
+    return replace(cut, prefix=extractor.extract_model([point.tensor], list(boundaries)), boundaries=boundaries, rest=rest)
 
 
 def _downstream(graph: gs.Graph, start: str) -> list[gs.Node]:
     """Nodes reachable from tensor `start`, plus the Constant nodes they read, in graph order."""
     reached: set[str] = {start}
     nodes: list[gs.Node] = []
-    for node in graph.toposort().nodes:  # toposort returns the graph; nodes are in order
+    for node in graph.toposort().nodes:
         if any(t.name in reached for t in node.inputs):
             nodes.append(node)
             reached.update(t.name for t in node.outputs)
@@ -105,23 +113,34 @@ def _downstream(graph: gs.Graph, start: str) -> list[gs.Node]:
     return constants + nodes
 
 
-def _is_affine(nodes: Sequence[gs.Node], start: str, output: str) -> bool:
-    """Every tail op is affine in the traced tensor (other inputs constant), bar a final softmax."""
-    traced = {start}
+def _logits_tensor(nodes: Sequence[gs.Node], output: str) -> str:
+    last = next(node for node in nodes if node.outputs[0].name == output)
+    return last.inputs[0].name if last.op in MONOTONE_LAST_OPS else output
+
+
+def _affine_boundaries(nodes: Sequence[gs.Node], start: str, output: str) -> tuple[str, ...] | None:
+    """Tensors where the affine prefix ends (affine in `start`, read by non-affine ops or the output)."""
+    traced, prefix_nodes = {start}, []
     for node in nodes:
-        inputs = [t for t in node.inputs if t.name]
-        reads_traced = [t for t in inputs if t.name in traced]
-        if not reads_traced:
-            continue  # constant or shape computation
-        others = [t for t in inputs if t.name not in traced]
-        if node.op in MONOTONE_LAST_OPS and node.outputs[0].name == output:
+        reads = [t for t in node.inputs if t.name in traced]
+        if not reads:
             continue
-        if node.op not in AFFINE_OPS or any(not _is_constant(t) for t in others):
-            return False
-        if node.op in ("Mul", "Div") and len(reads_traced) > 1:
-            return False
-        traced.update(t.name for t in node.outputs)
-    return True
+        others = [t for t in node.inputs if t.name and t.name not in traced]
+        affine = node.op in AFFINE_OPS and all(_is_constant(t) for t in others)
+        if node.op in ("Mul", "Div", "MatMul", "Gemm", "Conv") and len(reads) > 1:
+            affine = False  # a product of two traced tensors is not affine
+        if node.op == "Conv" and any(t.name in traced for t in node.inputs[1:]):
+            affine = False
+        if affine:
+            prefix_nodes.append(node)
+            traced.update(t.name for t in node.outputs)
+    inside = {t.name for node in prefix_nodes for t in node.outputs} | {start}
+    boundaries = []
+    for name in [start, *[t.name for node in prefix_nodes for t in node.outputs]]:
+        readers = [node for node in nodes if node not in prefix_nodes and any(t.name == name for t in node.inputs)]
+        if (readers or name == output) and name in inside and name not in boundaries:
+            boundaries.append(name)
+    return tuple(boundaries) if boundaries else None
 
 
 def _is_constant(tensor: gs.Tensor) -> bool:
@@ -145,15 +164,21 @@ class PruneSweep:
             if symbolic is None:
                 raise BadModelError("the fast prune sweep needs a graph that runs with a batch; this one fixes batch 1")
             model = symbolic
+        options = replace(options, allow_spinning=False)  # head and tail sessions alternate on the same cores
         self.point = point
         self.cut = cut_at(model, point)
         self.head = ModelRunner(model, taps=self.cut.crossing, options=options)
         self.tail = create_session(self.cut.tail, options)
-        self.linear_map = None if self.cut.affine_tail is None else AffineTail(self.cut.affine_tail, point, options)
+        self.rest = None if self.cut.rest is None else create_session(self.cut.rest, options)
+        self.prefix = None
+        if self.cut.prefix is not None:
+            self.prefix = AffinePrefix(self.cut.prefix, self.cut.boundaries, point, options)
 
     @property
-    def uses_running_sum(self) -> bool:
-        return self.linear_map is not None
+    def method(self) -> str:
+        if self.prefix is None:
+            return "masked-tail"
+        return "running-sum" if self.rest is None else "affine-prefix"
 
     def predictions(
         self, dataset: Dataset, order: Sequence[int], steps: Sequence[int], *, batch_size: int = 64,
@@ -161,41 +186,52 @@ class PruneSweep:
     ) -> np.ndarray:
         """Predicted classes (len(steps), len(dataset)) after pruning the first `steps[i]` channels of `order`."""
         check_fits(dataset, self.head.input)
-        masks = step_masks(order, self.point.channels, steps)
+        order, steps = [int(c) for c in order], [int(k) for k in steps]
         results = []
         with progress_bar(len(dataset), description, enabled=progress) as bar:
             for batch in dataset.batches(batch_size):
                 crossing = self.head.run(batch.x)
-                results.append(self._batch_predictions(crossing, masks, order, steps))
+                results.append(self._batch_predictions(crossing, order, steps))
                 bar.update(len(batch.x))
         return np.concatenate(results, axis=1)
 
-    def _batch_predictions(self, crossing: dict[str, np.ndarray], masks: np.ndarray, order, steps) -> np.ndarray:
-        if self.linear_map is not None:
-            running = self.linear_map.step_predictions(crossing[self.point.tensor], order, steps)
-            if running is not None:
-                return running
-            self.linear_map = None  # verification failed: fall back to the masked path for good
-        chunks = [self._tail(crossing, chunk) for chunk in _chunks(crossing[self.point.tensor], masks)]
-        return np.concatenate([_step_predictions(scores) for scores in chunks])
+    def _batch_predictions(self, crossing: dict[str, np.ndarray], order: list[int], steps: list[int]) -> np.ndarray:
+        if self.prefix is not None:
+            chunks = self.prefix.step_states(crossing[self.point.tensor], order, steps)
+            if chunks is not None:
+                return np.concatenate([self._from_states(states, crossing) for states in chunks])
+            self.prefix = None  # the probed map did not hold: masked path from now on
+        masks = step_masks(order, self.point.channels, steps)
+        activation = crossing[self.point.tensor]
+        return np.concatenate([self._masked(crossing, chunk) for chunk in _chunks(activation.size, masks)])
 
-    def _tail(self, crossing: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
-        """Tail scores for every (mask, sample) pair, shape (len(masks), batch, classes)."""
+    def _masked(self, crossing: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
         activation = crossing[self.point.tensor]
         feeds = {self.point.tensor: _masked_stack(activation, masks, self.point.channel_axis)}
-        for name in self.cut.crossing[1:]:
-            feeds[name] = np.concatenate([crossing[name]] * len(masks))
-        scores = self.tail.run([self.cut.output], feeds)[0]
-        return scores.reshape(len(masks), activation.shape[0], -1)
+        feeds.update(_tiled(crossing, self.cut.crossing[1:], len(masks)))
+        return _step_predictions(self.tail.run([self.cut.output], feeds)[0], len(masks))
+
+    def _from_states(self, states: list[np.ndarray], crossing: dict[str, np.ndarray]) -> np.ndarray:
+        """Predictions for a chunk of steps from their boundary values, (steps, batch, ...) each."""
+        steps = len(states[0])
+        if self.rest is None:
+            return _step_predictions(states[0].reshape(steps * states[0].shape[1], -1), steps)
+        feeds = {name: state.reshape(-1, *state.shape[2:]) for name, state in zip(self.cut.boundaries, states)}
+        feeds.update(_tiled(crossing, self.cut.crossing[1:], steps))
+        return _step_predictions(self.rest.run([self.cut.output], feeds)[0], steps)
 
 
-def _step_predictions(scores: np.ndarray) -> np.ndarray:
-    """(steps, batch, classes) scores -> (steps, batch) class ids."""
-    return predictions(scores.reshape(-1, scores.shape[-1])).reshape(scores.shape[:2])
+def _tiled(crossing: dict[str, np.ndarray], names: Sequence[str], copies: int) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([crossing[name]] * copies) for name in names}
 
 
-def _chunks(activation: np.ndarray, masks: np.ndarray) -> Iterator[np.ndarray]:
-    size = max(1, MAX_TAIL_ELEMENTS // max(1, activation.size))
+def _step_predictions(scores: np.ndarray, steps: int) -> np.ndarray:
+    """(steps * batch, classes...) scores -> (steps, batch) class ids."""
+    return predictions(scores).reshape(steps, -1)
+
+
+def _chunks(per_step: int, masks: np.ndarray) -> Iterator[np.ndarray]:
+    size = max(1, MAX_STACK_ELEMENTS // max(1, per_step))
     for start in range(0, len(masks), size):
         yield masks[start : start + size]
 
@@ -208,47 +244,86 @@ def _masked_stack(activation: np.ndarray, masks: np.ndarray, channel_axis: int) 
     return masked.reshape(-1, *activation.shape[1:])
 
 
-class AffineTail:
-    """An affine tail, logits = b + L·a, with L probed once so every step follows from one pass.
+class AffinePrefix:
+    """The tail's affine prefix z_j = b_j + Σ_c L_jc a_c, probed once, applied as running sums.
 
-    L is found by feeding the tail the zero tensor and one unit tensor per element of
-    a sample (D + 1 rows, done once per model). Per batch, channel c contributes
-    L_c·a_c to the logits, so pruning the first k channels of the order subtracts a
-    running sum. Each batch is checked against the tail itself: a mismatch (the tail
-    was not affine after all, e.g. a MaxPool) returns None and the caller falls back.
+    L is found by feeding the prefix the zero tensor and one unit tensor per element
+    of a sample (done once per model, in chunks). Per batch, channel c contributes
+    L_jc a_c to boundary j (one batched float32 matrix product); step k subtracts the
+    contributions of the first k channels of the order from the prefix's real output.
+    Each batch is checked against the prefix itself; a mismatch returns None.
     """
 
-    def __init__(self, model: onnx.ModelProto, point: PrunePoint, options: RuntimeOptions) -> None:
-        self.point = point
+    def __init__(self, model: onnx.ModelProto, boundaries: tuple[str, ...], point: PrunePoint,
+                 options: RuntimeOptions) -> None:
+        self.point, self.boundaries = point, boundaries
         self.session = create_session(model, options)
         self.input = model.graph.input[0].name
-        self.matrix: np.ndarray | None = None  # (C, positions, classes)
-        self.bias: np.ndarray | None = None
+        self.maps: list[np.ndarray] | None = None  # per boundary: (C, positions, outputs) float32
+        self.bias: list[np.ndarray] = []
 
-    def _probe(self, sample_shape: tuple[int, ...]) -> None:
+    def _probe(self, sample_shape: tuple[int, ...]) -> bool:
         size = int(np.prod(sample_shape))
-        rows = []
-        chunk = max(1, MAX_TAIL_ELEMENTS // size)
+        outputs = [[] for _ in self.boundaries]
+        chunk = max(1, MAX_STACK_ELEMENTS // size)
         for start in range(0, size + 1, chunk):
-            count = min(chunk, size + 1 - start)
-            probe = np.zeros((count, size), np.float32)
-            index = np.arange(start, start + count)
-            probe[(index > 0), index[index > 0] - 1] = 1.0
-            rows.append(self.session.run(None, {self.input: probe.reshape(count, *sample_shape)})[0].reshape(count, -1))
-        outputs = np.concatenate(rows).astype(np.float64)
-        self.bias = outputs[0]
-        linear = (outputs[1:] - outputs[0]).reshape(*sample_shape, -1)
-        moved = np.moveaxis(linear, self.point.channel_axis - 1, 0)
-        self.matrix = moved.reshape(moved.shape[0], -1, moved.shape[-1])
+            index = np.arange(start, min(size + 1, start + chunk))
+            probe = np.zeros((len(index), size), np.float32)
+            units = index > 0
+            probe[units, index[units] - 1] = 1.0
+            results = self.session.run(list(self.boundaries), {self.input: probe.reshape(len(index), *sample_shape)})
+            if start == 0 and size * sum(r[0].size for r in results) > MAX_PROBE_ELEMENTS:
+                return False
+            for collected, result in zip(outputs, results):
+                collected.append(result.reshape(len(index), -1).astype(np.float64))
+        self.maps, self.bias = [], []
+        for collected in outputs:
+            values = np.concatenate(collected)
+            self.bias.append(values[0])
+            linear = (values[1:] - values[0]).reshape(*sample_shape, -1)
+            moved = np.moveaxis(linear, self.point.channel_axis - 1, 0)
+            self.maps.append(np.ascontiguousarray(moved.reshape(moved.shape[0], -1, moved.shape[-1]), dtype=np.float32))
+        return True
 
-    def step_predictions(self, activation: np.ndarray, order, steps) -> np.ndarray | None:
-        if self.matrix is None:
-            self._probe(activation.shape[1:])
-        per_channel = np.moveaxis(activation, self.point.channel_axis, 1).reshape(len(activation), self.point.channels, -1)
-        contributions = np.einsum("bcp,cpk->cbk", per_channel.astype(np.float64), self.matrix)
-        full = self.bias + contributions.sum(axis=0)
-        actual = self.session.run(None, {self.input: activation})[0].reshape(len(activation), -1)
-        if not np.allclose(full, actual, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(actual).max()))):
+    def step_states(self, activation: np.ndarray, order: list[int], steps: list[int]) -> Iterator[list[np.ndarray]] | None:
+        """Chunks of steps; per boundary its value after each step, (steps, batch, *shape). None if not affine."""
+        if self.maps is None and not self._probe(activation.shape[1:]):
             return None
-        removed = np.concatenate([np.zeros((1, *full.shape)), np.cumsum(contributions[list(order)], axis=0)])
-        return np.stack([predictions(full - removed[k]) for k in steps])
+        batch = len(activation)
+        per_channel = np.ascontiguousarray(
+            np.moveaxis(activation, self.point.channel_axis, 1).reshape(batch, self.point.channels, -1).transpose(1, 0, 2),
+            dtype=np.float32)
+        actual = self.session.run(list(self.boundaries), {self.input: activation})
+        contributions = []
+        for linear, bias, real in zip(self.maps, self.bias, actual):
+            contribution = np.matmul(per_channel, linear)  # (C, B, outputs)
+            flat = real.reshape(batch, -1)
+            scale = max(1.0, float(np.abs(flat).max()))
+            if not np.allclose(bias + contribution.sum(axis=0, dtype=np.float64), flat, rtol=1e-4, atol=1e-4 * scale):
+                return None
+            contributions.append(contribution)
+        return _running_states(actual, contributions, order, steps)
+
+
+def _running_states(actual: list[np.ndarray], contributions: list[np.ndarray], order: list[int],
+                    steps: list[int]) -> Iterator[list[np.ndarray]]:
+    """Each boundary minus the running sum of its contributions in `order`, in chunks of `steps`.
+
+    Starts from the prefix's real output (exact at step 0) and accumulates in float64.
+    """
+    batch = len(actual[0])
+    current = [real.reshape(batch, -1).astype(np.float64) for real in actual]
+    per_step = sum(c.size for c in current)
+    rows = max(1, MAX_STACK_ELEMENTS // per_step)
+    wanted = set(steps)
+    chunk: list[list[np.ndarray]] = [[] for _ in current]
+    for k in range(max(steps) + 1):
+        if k:
+            for value, contribution in zip(current, contributions):
+                np.subtract(value, contribution[order[k - 1]], out=value)
+        if k in wanted:
+            for collected, value in zip(chunk, current):
+                collected.append(value.astype(np.float32))
+        if len(chunk[0]) == rows or (k == max(steps) and chunk[0]):
+            yield [np.stack(c).reshape(len(c), *real.shape) for c, real in zip(chunk, actual)]
+            chunk = [[] for _ in current]

@@ -1,1 +1,40 @@
-"""Model zoo: architectures after the paper, attack recipes, and small shipped models."""
+"""Model zoo: architectures after the paper, attack recipes, and small shipped models.
+
+`shipped_demo()` gives the paths of the small backdoored FSDD speech model that
+ships with the package (CC BY-SA 4.0, see its ATTRIBUTION.md); everything else
+here (`build`, `attacks`, `datasets`) makes the benchmark models from the shared data.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fp_onnx.errors import BadDataError
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+DEMO_NAME = "speech_badnets"
+DEMO_FILES = {
+    "model": "model.onnx",
+    "clean_val": "clean_val.npz",
+    "clean_test": "clean_test.npz",
+    "triggered_test": "triggered_test.npz",
+    "model_card": "model_card.json",
+    "attribution": "ATTRIBUTION.md",
+}
+
+
+def shipped_demo() -> dict[str, Path]:
+    """Paths of the shipped demo: keys model, clean_val, clean_test, triggered_test, model_card, attribution.
+
+    Raises BadDataError when a file is missing (a broken install or checkout).
+    """
+    folder = SHIPPED_DIR / DEMO_NAME
+    paths = {key: folder / name for key, name in DEMO_FILES.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise BadDataError(f"shipped demo files missing: {', '.join(missing)}; reinstall fp-onnx "
+                           "or rebuild with `python -m fp_onnx.models.build --task speech --attack badnets "
+                           f"--size demo --out {folder}`")
+    return paths
+
+
+__all__ = ["shipped_demo", "SHIPPED_DIR", "DEMO_FILES"]

@@ -175,6 +175,20 @@ def test_batchnorm_updates_running_stats_like_torch(zoo_model):
     assert all(torch.equal(before[name], t) for name, t in module.state_dict().items())
 
 
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_batchnorm_train_mode_matches_torch_for_both_exporters(mixed_ops_models, exporter):
+    torch_module, models = mixed_ops_models
+    module = onnx_to_torch(models[exporter]).train()
+    reference = copy.deepcopy(torch_module).train()
+    x = torch.randn(8, 3, 16, 16)
+    module(x)
+    reference(x)
+    by_onnx_name = {onnx_name: getattr(module, name) for name, onnx_name in module.onnx_names.items()}
+    for stat in ("running_mean", "running_var"):
+        assert not torch.allclose(by_onnx_name[f"bn.{stat}"], getattr(torch_module.bn, stat))  # it moved
+        assert torch.allclose(by_onnx_name[f"bn.{stat}"], getattr(reference.bn, stat), atol=1e-5)
+
+
 def _dropout_model(opset: int) -> onnx.ModelProto:
     """x -> MatMul(w) -> Dropout -> y; torch's exporters drop Dropout from inference graphs, old converters keep it."""
     h = onnx.helper
@@ -325,3 +339,29 @@ def test_reexport_restores_train_mode_and_checks_exporter(zoo_model, tmp_path):
                  output_names=["prob"], dynamic_batch=False)
     assert module.training is True
     assert onnx.load(str(tmp_path / "x.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+
+
+def test_weights_reached_through_identity_and_cast_train_and_write_back():
+    """Legacy exporters share weights via Identity; float16 models Cast their stored weights."""
+    h = onnx.helper
+    rng = np.random.default_rng(0)
+    conv_w = onnx.numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "conv.weight")
+    fc_w = onnx.numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float16), "fc.weight")
+    nodes = [h.make_node("Identity", ["conv.weight"], ["shared_w"], "share"),
+             h.make_node("Conv", ["x", "shared_w"], ["c"], "conv", pads=[1, 1, 1, 1]),
+             h.make_node("GlobalAveragePool", ["c"], ["g"], "gap"),
+             h.make_node("Flatten", ["g"], ["f"], "flat"),
+             h.make_node("Cast", ["fc.weight"], ["fc_w32"], "cast", to=onnx.TensorProto.FLOAT),
+             h.make_node("MatMul", ["f", "fc_w32"], ["y"], "fc")]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3, 8, 8])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 5])], [conv_w, fc_w])
+    model = onnx.shape_inference.infer_shapes(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)],
+                                                           ir_version=8))
+    module = onnx_to_torch(model)
+    assert sorted(module.onnx_names.values()) == ["conv.weight", "fc.weight"]
+    assert module.fc__weight.dtype == torch.float16 and module.fc__weight.requires_grad
+    _fine_tune(module, torch.randn(4, 3, 8, 8))
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    written = write_back(model, module)
+    assert written.graph.initializer[1].data_type == onnx.TensorProto.FLOAT16
+    assert_exact(run_onnxruntime(written, feeds), run_torch(module, feeds))

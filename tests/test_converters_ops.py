@@ -13,8 +13,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from fp_onnx.converters import onnx_to_torch, supported_ops
-from fp_onnx.errors import BadModelError, UnsupportedOpError
+from fp_onnx.converters import onnx_to_torch, reexport, supported_ops
+from fp_onnx.errors import BadModelError, BadOptionError, UnsupportedOpError
 
 FLOAT = TensorProto.FLOAT
 RNG = np.random.default_rng(0)
@@ -283,3 +283,20 @@ def test_issue_op_list_is_covered():
     Concat Split Slice Gather Shape Constant ConstantOfShape Cast Identity Dropout Pad Resize Add Sub Mul Div Pow
     Sqrt Exp Log Neg Abs MatMul Gemm Expand Where Equal Range""".split()
     assert not set(required) - set(supported_ops())
+
+
+def test_reexport_refuses_run_time_shapes_with_dynamic_batch(tmp_path):
+    module = onnx_to_torch(CASES["shape_gather_concat_reshape"]())
+    assert module.computes_shapes
+    with pytest.raises(BadOptionError, match="write_back"):
+        reexport(module, torch.randn(2, 3, 9, 10), tmp_path / "s.onnx", input_names=["x"], output_names=["y"])
+
+
+def test_roles_of_initializers():
+    """Per-channel Mul/Add constants train (unfused BN, Keras bias adds); scalars and shape tensors stay fixed."""
+    module = onnx_to_torch(CASES["tf2onnx_nhwc_conv_block"]())
+    assert sorted(module.onnx_names.values()) == ["b", "scale", "shift", "w"]
+    assert sorted(name for name, _ in module.named_parameters()) == ["b", "scale", "shift", "w"]
+    for case in ("cast_to_int_and_back", "shape_gather_concat_reshape", "constant_node_and_math"):
+        module = onnx_to_torch(CASES[case]())
+        assert not list(module.parameters()) and not module.state_dict(), case

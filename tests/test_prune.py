@@ -18,14 +18,16 @@ from fp_onnx.sweep import PruneSweep
 CPU = RuntimeOptions(device="cpu")
 
 SWEEP_CASES = [
-    ("alexnet", "legacy", "default", "masked-tail"),
-    ("alexnet", "dynamo", "default", "masked-tail"),
-    ("deepid", "legacy", "conv3", "masked-tail"),
-    ("deepid", "dynamo", "default", "masked-tail"),
+    ("alexnet", "legacy", "default", "affine-prefix"),
+    ("alexnet", "dynamo", "default", "affine-prefix"),
+    ("deepid", "legacy", "conv3", "affine-prefix"),
+    ("deepid", "dynamo", "conv3", "affine-prefix"),
+    ("deepid", "dynamo", "default", "affine-prefix"),
     ("resnet18", "legacy", "default", "masked-tail"),
     ("mobilenetv2", "legacy", "default", "running-sum"),
+    ("squeezenet", "legacy", "default", "masked-tail"),
     ("keras_nhwc", "helper", "default", "running-sum"),
-    ("caffe", "helper", "default", "masked-tail"),
+    ("caffe", "helper", "default", "affine-prefix"),
 ]
 
 
@@ -49,7 +51,7 @@ def test_sweep_equals_running_each_masked_model(zoo_model, arch, exporter, which
     steps = sorted({0, 1, point.channels // 2, point.channels - 1})
     sweep = PruneSweep(model, point, CPU)
     fast = sweep.predictions(data, order, steps, batch_size=10)
-    assert ("running-sum" if sweep.uses_running_sum else "masked-tail") == method
+    assert sweep.method == method
     for row, k in enumerate(steps):
         reference = mask_channels(model, point, order[:k]) if k else model
         expected = predictions(ModelRunner(reference, options=CPU).run(x)[reference.graph.output[0].name])

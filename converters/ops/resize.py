@@ -61,7 +61,7 @@ def _cubic_weights(t, a):
 
 
 def _resize_axis(x, axis, coords, settings):
-    size = x.shape[axis]
+    size = int(x.shape[axis])
     shape = [1] * x.dim()
     shape[axis] = len(coords)
 
@@ -89,6 +89,11 @@ def _resize_axis(x, axis, coords, settings):
     return sum(take(tap) * weight(w) for tap, w in zip(taps, weights))
 
 
+# Modes that map output index x to input coordinate x when the scale is 1, so every
+# interpolation mode (nearest, linear, cubic with its 0/1 weights at integers) copies.
+_IDENTITY_AT_SCALE_ONE = {"half_pixel", "pytorch_half_pixel", "half_pixel_symmetric", "align_corners", "asymmetric"}
+
+
 def resize(x, scales, sizes, roi, settings):
     """Resize x to `sizes` (or floor(shape * scales)); settings hold the node's attributes."""
     rank = x.dim()
@@ -96,7 +101,9 @@ def resize(x, scales, sizes, roi, settings):
     axes = [a + rank if a < 0 else a for a in axes]
     out_of_range = []
     for i, axis in enumerate(axes):
-        size = x.shape[axis]
+        if not sizes and scales[i] == 1.0 and settings["coordinates"] in _IDENTITY_AT_SCALE_ONE:
+            continue  # untouched axis; not reading its size keeps a re-traced batch axis symbolic
+        size = int(x.shape[axis])
         if sizes:
             out, scale = sizes[i], sizes[i] / size
         else:
@@ -104,8 +111,6 @@ def resize(x, scales, sizes, roi, settings):
             out = int(np.floor(size * np.float32(scale)))
         roi_start, roi_end = (roi[i], roi[len(axes) + i]) if roi else (0.0, 1.0)
         coords = _source_coordinates(settings["coordinates"], out, size, scale, roi_start, roi_end)
-        if out == size and settings["mode"] != "cubic" and np.array_equal(coords, np.arange(size)):
-            continue
         if settings["coordinates"] == "tf_crop_and_resize":
             out_of_range.append((axis, (coords < 0) | (coords > size - 1)))
         x = _resize_axis(x, axis, coords, settings)

@@ -23,6 +23,7 @@ class ConstantValue(torch.nn.Module):
 
 
 def constant_array(node) -> np.ndarray:
+    """The value of a Constant node (tensor, float(s) or int(s) attribute); string and sparse values are refused."""
     attrs = node.attrs
     if "value" in attrs:
         return numpy_helper.to_array(attrs["value"])
