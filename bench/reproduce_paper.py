@@ -29,7 +29,7 @@ from fp_onnx.loading import load_model
 from fp_onnx.metrics import AttackSpec
 from fp_onnx.plots import plot_prune_curve
 from fp_onnx.prune import StopRule
-from fp_onnx.prune_point import find_prune_points
+from fp_onnx.prune_point import find_prune_points, resolve_prune_point
 from fp_onnx.report import library_versions
 from fp_onnx.runtime import RuntimeOptions
 
@@ -48,10 +48,13 @@ PAPER_TABLE1 = {  # (cl, bd) for None / Fine-Tuning / Fine-Pruning, paper Table 
 PAPER_PRUNING_BASELINE = {"faces": 0.0, "speech": 0.13, "traffic": 0.35}  # attack success after pruning, §3.1
 
 
-def ensure_model(zoo: Path, task: str, attack: str, epochs: int | None) -> tuple[Path, float]:
+def ensure_model(zoo: Path, task: str, attack: str, epochs: int | None, build: bool) -> tuple[Path | None, float]:
+    """The zoo model's folder (built now if missing and `build`), and the seconds building took."""
     folder = zoo / f"{task}_{attack.replace('-', '_')}"
     if (folder / "model_card.json").exists():
         return folder, 0.0
+    if not build:
+        return None, 0.0
     started = time.perf_counter()
     command = [sys.executable, "-m", "fp_onnx.models.build", "--task", task, "--attack", attack, "--out", str(folder),
                "--clean-baseline"]
@@ -68,16 +71,18 @@ def attack_of(card: dict) -> AttackSpec:
     return AttackSpec("targeted", card["attack"]["target"] if kind == "all_to_one" else None)
 
 
-def paper_prune_point(model, layer: str):
-    """The Conv the paper prunes, found by the torch module name in the exported node name."""
-    points = find_prune_points(model)
-    return next(p for p in points if f"/{layer}/" in p.conv or p.conv.endswith(f"/{layer}"))
+def paper_prune_point(model, architecture: dict):
+    """The Conv the paper prunes: the card's `prune_node`, else found by the torch module name."""
+    if "prune_node" in architecture:
+        return resolve_prune_point(model, architecture["prune_node"])
+    layer = architecture["prune_layer"]
+    return next(p for p in find_prune_points(model) if f"/{layer}/" in p.conv or p.conv.endswith(f"/{layer}"))
 
 
 def defend(folder: Path, device: str) -> dict:
     card = json.loads((folder / "model_card.json").read_text())
     model = load_model(folder / "model.onnx").model
-    point = paper_prune_point(model, card["architecture"]["prune_layer"])
+    point = paper_prune_point(model, card["architecture"])
     config = DefenseConfig(rule=StopRule("threshold", 0.04), finetune=FineTuneConfig(device=device), baselines=True)
     started = time.perf_counter()
     result = fine_prune(model, point, open_dataset(folder / "clean_val.npz"), test=open_dataset(folder / "clean_test.npz"),
@@ -118,7 +123,7 @@ def _goal(met: bool, text: str) -> str:
     return ("met: " if met else "MISSED: ") + text
 
 
-def write_results(outcomes: dict, build_seconds: dict, args) -> None:
+def write_results(outcomes: dict, build_seconds: dict, missing: list[str], args) -> None:
     lines = ["# Reproducing the paper's Table 1 and Fig. 6", "",
              "Produced by `python bench/reproduce_paper.py` (numbers below are from the last run; see "
              "`bench/results/reproduce_paper.json`). Each cell is **clean accuracy / attack success rate**, "
@@ -145,6 +150,8 @@ def write_results(outcomes: dict, build_seconds: dict, args) -> None:
     lines += ["", "## Cost", "", "| task | attack | build (train) s | defense s (incl. baselines) |", "| --- | --- | --- | --- |"]
     for (task, attack), outcome in outcomes.items():
         lines.append(f"| {task} | {attack} | {build_seconds.get((task, attack), 0):.0f} | {outcome['seconds']:.0f} |")
+    if missing:
+        lines += ["", "Not run (zoo model not built when this ran): " + "; ".join(missing) + "."]
     lines += ["", f"Machine: {library_versions()['platform']}, device `{args.device}`.", ""]
     (ROOT / "docs" / "results.md").write_text("\n".join(lines))
 
@@ -156,13 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
     parser.add_argument("--epochs", type=int, default=None, help="override the build recipes' epochs")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    parser.add_argument("--no-build", action="store_true", help="skip zoo models that are not built yet")
     args = parser.parse_args(argv)
     figures = ROOT / "docs" / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    outcomes, build_seconds, payload = {}, {}, []
+    outcomes, build_seconds, payload, missing = {}, {}, [], []
     for task in args.tasks:
         for attack in args.attacks:
-            folder, seconds = ensure_model(args.zoo, task, attack, args.epochs)
+            folder, seconds = ensure_model(args.zoo, task, attack, args.epochs, not args.no_build)
+            if folder is None:
+                missing.append(f"{task}, {attack}")
+                continue
             build_seconds[task, attack] = seconds or json.loads((folder / "model_card.json").read_text()).get("build_seconds", 0)
             outcome = defend(folder, args.device)
             outcomes[task, attack] = outcome
@@ -177,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                             "seconds": outcome["seconds"], "build_seconds": build_seconds[task, attack],
                             "model_card_metrics": outcome["card"]["metrics"],
                             "goals": goals(task, attack, outcome), **outcome["result"].to_dict()})
-    write_results(outcomes, build_seconds, args)
+    write_results(outcomes, build_seconds, missing, args)
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
     (results / "reproduce_paper.json").write_text(json.dumps({"versions": library_versions(), "runs": payload}, indent=2))

@@ -7,10 +7,12 @@ import click
 
 from fp_onnx.cli.finetune_options import finetune_config_from, finetune_options
 from fp_onnx.cli.options import (
+    data_option,
     dataset_from,
     input_options,
     load_from,
     model_argument,
+    out_option,
     show_progress,
 )
 from fp_onnx.data import split_dataset
@@ -23,13 +25,12 @@ from fp_onnx.signature import signature_differences
 
 @click.command("finetune")
 @model_argument
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Clean labelled data for fine-tuning.")
+@data_option("Clean labelled data for fine-tuning.")
 @click.option("--val", "val_path", type=click.Path(path_type=Path), default=None,
               help="Clean labelled validation data for early stopping (default: hold out --val-fraction of --data).")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @finetune_options
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("fp-onnx-out"), show_default=True)
+@out_option
 @input_options
 def command(**params) -> None:
     """Fine-tune the model on clean data (PyTorch), keep the vendor's ONNX graph.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -18,6 +19,7 @@ from fp_onnx.errors import BadOptionError
 from fp_onnx.images import ImagePreprocess
 from fp_onnx.loading import DEFAULT_MAX_BYTES, LoadedModel, load_model
 from fp_onnx.metrics import AttackSpec
+from fp_onnx.prune_point import PrunePoint, resolve_prune_point
 from fp_onnx.runtime import DEVICES, OPTIMIZATION_LEVELS, RuntimeOptions
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -70,6 +72,18 @@ image_options = compose(
 
 input_options = compose(runtime_options, data_key_options, image_options)
 """Everything about running the model and reading data: what every data-consuming command takes."""
+
+trigger_option = click.option(
+    "--trigger-data", "trigger_path", type=click.Path(path_type=Path), default=None,
+    help="Triggered inputs: activations and attack success are measured on them (never used to decide).")
+
+out_option = click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("fp-onnx-out"),
+                          show_default=True, help="Folder for the results (created if needed).")
+
+
+def data_option(help_text: str) -> Callable:
+    return click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), help=help_text)
+
 
 attack_options = compose(
     click.option("--target", default=None, metavar="T|data",
@@ -147,3 +161,23 @@ def attack_from(params: dict, has_trigger_data: bool) -> AttackSpec | None:
         return AttackSpec("targeted", int(target))
     except ValueError:
         raise BadOptionError(f"--target {target}: expected a class id or 'data'") from None
+
+
+@dataclass
+class CommandInputs:
+    """What every analysing command opens first, in the order that fails fastest on bad flags."""
+
+    loaded: LoadedModel
+    point: PrunePoint
+    clean: Dataset
+    triggered: Dataset | None
+    attack: AttackSpec | None
+
+
+def open_inputs(params: dict) -> CommandInputs:
+    loaded = load_from(params)
+    attack = attack_from(params, params["trigger_path"] is not None)
+    point = resolve_prune_point(loaded.model, params["layer"])
+    clean = dataset_from(params, params["data_path"])
+    triggered = dataset_from(params, params["trigger_path"]) if params["trigger_path"] else None
+    return CommandInputs(loaded, point, clean, triggered, attack)

@@ -1,36 +1,32 @@
 """`fp-onnx profile`: per-channel activations at the prune point (paper Fig. 4)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from fp_onnx.cli.options import (
-    show_progress,
-    attack_from,
     attack_options,
-    dataset_from,
+    data_option,
     input_options,
     layer_option,
-    load_from,
     model_argument,
+    open_inputs,
+    out_option,
     runtime_from,
+    show_progress,
+    trigger_option,
 )
 from fp_onnx.outputs import prepare_output_dir
 from fp_onnx.profile import profile_model
-from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.reporting import write_profile_outputs
 
 
 @click.command("profile")
 @model_argument
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Clean validation data: .npz/.npy, .h5, or a folder of class folders.")
-@click.option("--trigger-data", "trigger_path", type=click.Path(path_type=Path), default=None,
-              help="Triggered inputs, to compare activations (paper Fig. 4b).")
+@data_option("Clean validation data: .npz/.npy, .h5, or a folder of class folders.")
+@trigger_option
 @layer_option
 @attack_options
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("fp-onnx-out"), show_default=True)
+@out_option
 @input_options
 def command(**params) -> None:
     """Record the mean activation of every channel of a conv layer on clean data.
@@ -38,19 +34,15 @@ def command(**params) -> None:
     Writes profile.json (per-channel mean activation, fraction of inputs on which
     the channel is active, accuracy when labels are given) and activations.png.
     """
-    loaded = load_from(params)
-    attack = attack_from(params, params["trigger_path"] is not None)
-    point = resolve_prune_point(loaded.model, params["layer"])
-    clean = dataset_from(params, params["data_path"])
-    triggered = dataset_from(params, params["trigger_path"]) if params["trigger_path"] else None
+    inputs = open_inputs(params)
     out_dir = prepare_output_dir(params["out_dir"])
     profile = profile_model(
-        loaded.model, point, clean, triggered=triggered, attack=attack,
+        inputs.loaded.model, inputs.point, inputs.clean, triggered=inputs.triggered, attack=inputs.attack,
         options=runtime_from(params), batch_size=params["batch_size"], progress=show_progress(),
     )
     for note in profile.notes:
         click.echo(f"note: {note}", err=True)
-    written = write_profile_outputs(out_dir, profile, loaded)
+    written = write_profile_outputs(out_dir, profile, inputs.loaded)
     click.echo(profile_summary(profile))
     click.echo("wrote " + ", ".join(str(path) for path in written))
 

@@ -1,42 +1,44 @@
 """`fp-onnx prune`: the pruning defense (paper §3.1) as graph surgery on the vendor's ONNX file."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from fp_onnx.cli.options import (
-    show_progress,
-    attack_from,
     attack_options,
-    dataset_from,
+    compose,
+    data_option,
     input_options,
     layer_option,
-    load_from,
     model_argument,
+    open_inputs,
+    out_option,
     runtime_from,
+    show_progress,
+    trigger_option,
 )
 from fp_onnx.errors import BadOptionError
 from fp_onnx.outputs import prepare_output_dir
 from fp_onnx.prune import StopRule, prune_defense
-from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.reporting import write_profile_outputs, write_prune_outputs
+
+with_stop_rule = compose(
+    click.option("--threshold", type=float, default=None,
+                 help="Stop before clean validation accuracy drops by more than this ABSOLUTE amount "
+                      "(0.04 = 4 points, the paper's choice). Default when no other rule is given: 0.04."),
+    click.option("--fraction", type=float, default=None, help="Instead: prune this fraction of the channels."),
+    click.option("--channels", type=int, default=None, help="Instead: prune this many channels."),
+)
+"""The stop rule of the pruning defense: one of --threshold, --fraction, --channels."""
 
 
 @click.command("prune")
 @model_argument
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="The defender's clean VALIDATION data (with labels); ranking and stopping use only this.")
-@click.option("--threshold", type=float, default=None,
-              help="Stop before clean accuracy drops by more than this ABSOLUTE amount (0.04 = 4 points, "
-                   "the paper's choice). Default when no other rule is given: 0.04.")
-@click.option("--fraction", type=float, default=None, help="Instead: prune this fraction of the channels.")
-@click.option("--channels", type=int, default=None, help="Instead: prune this many channels.")
-@click.option("--trigger-data", "trigger_path", type=click.Path(path_type=Path), default=None,
-              help="Triggered inputs: attack success is measured at every step (never used to decide).")
+@data_option("The defender's clean VALIDATION data (with labels); ranking and stopping use only this.")
+@with_stop_rule
+@trigger_option
 @layer_option
 @attack_options
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("fp-onnx-out"), show_default=True)
+@out_option
 @input_options
 def command(**params) -> None:
     """Prune the most dormant channels of a conv layer out of the ONNX graph.
@@ -47,18 +49,15 @@ def command(**params) -> None:
     prune_curve.png, profile.json and activations.png.
     """
     rule = stop_rule_from(params)
-    loaded = load_from(params)
-    attack = attack_from(params, params["trigger_path"] is not None)
-    point = resolve_prune_point(loaded.model, params["layer"])
-    clean = dataset_from(params, params["data_path"])
-    triggered = dataset_from(params, params["trigger_path"]) if params["trigger_path"] else None
+    inputs = open_inputs(params)
     out_dir = prepare_output_dir(params["out_dir"])
-    outcome = prune_defense(loaded.model, point, clean, rule, triggered=triggered, attack=attack,
-                            options=runtime_from(params), batch_size=params["batch_size"], progress=show_progress())
+    outcome = prune_defense(inputs.loaded.model, inputs.point, inputs.clean, rule, triggered=inputs.triggered,
+                            attack=inputs.attack, options=runtime_from(params), batch_size=params["batch_size"],
+                            progress=show_progress())
     for note in outcome.profile.notes:
         click.echo(f"note: {note}", err=True)
-    written = write_profile_outputs(out_dir, outcome.profile, loaded)
-    written += write_prune_outputs(out_dir, outcome, loaded)
+    written = write_profile_outputs(out_dir, outcome.profile, inputs.loaded)
+    written += write_prune_outputs(out_dir, outcome, inputs.loaded)
     click.echo(prune_summary(outcome))
     click.echo("wrote " + ", ".join(str(path) for path in written))
 

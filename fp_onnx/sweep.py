@@ -122,25 +122,30 @@ def _affine_boundaries(nodes: Sequence[gs.Node], start: str, output: str) -> tup
     """Tensors where the affine prefix ends (affine in `start`, read by non-affine ops or the output)."""
     traced, prefix_nodes = {start}, []
     for node in nodes:
-        reads = [t for t in node.inputs if t.name in traced]
-        if not reads:
-            continue
-        others = [t for t in node.inputs if t.name and t.name not in traced]
-        affine = node.op in AFFINE_OPS and all(_is_constant(t) for t in others)
-        if node.op in ("Mul", "Div", "MatMul", "Gemm", "Conv") and len(reads) > 1:
-            affine = False  # a product of two traced tensors is not affine
-        if node.op == "Conv" and any(t.name in traced for t in node.inputs[1:]):
-            affine = False
-        if affine:
+        if any(t.name in traced for t in node.inputs) and _is_affine_step(node, traced):
             prefix_nodes.append(node)
             traced.update(t.name for t in node.outputs)
-    inside = {t.name for node in prefix_nodes for t in node.outputs} | {start}
     boundaries = []
     for name in [start, *[t.name for node in prefix_nodes for t in node.outputs]]:
-        readers = [node for node in nodes if node not in prefix_nodes and any(t.name == name for t in node.inputs)]
-        if (readers or name == output) and name in inside and name not in boundaries:
+        read_outside = any(node not in prefix_nodes and any(t.name == name for t in node.inputs) for node in nodes)
+        if (read_outside or name == output) and name not in boundaries:
             boundaries.append(name)
-    return tuple(boundaries) if boundaries else None
+    return tuple(boundaries) or None
+
+
+def _is_affine_step(node: gs.Node, traced: set[str]) -> bool:
+    """True when `node`'s output is affine in its traced inputs (all other inputs constant)."""
+    if node.op not in AFFINE_OPS:
+        return False
+    traced_slots = [i for i, t in enumerate(node.inputs) if t.name in traced]
+    others = [t for t in node.inputs if t.name and t.name not in traced]
+    if not all(_is_constant(t) for t in others):
+        return False
+    if node.op in ("Add", "Sub"):
+        return True
+    if node.op in ("Mul", "MatMul", "Gemm"):
+        return len(traced_slots) == 1  # constant x traced, in either position
+    return traced_slots == [0]  # the data input only: not a traced weight, divisor or shape
 
 
 def _is_constant(tensor: gs.Tensor) -> bool:

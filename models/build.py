@@ -30,7 +30,7 @@ from fp_onnx.models.attacks import train_badnets, train_pruning_aware, triggered
 from fp_onnx.models.export import conv_node_name, export_onnx, load_npz, onnx_predict, save_npz
 from fp_onnx.models.model_card import accuracy, attack_success, write_card
 from fp_onnx.models.recipes import ATTACKS, SIZES, TASKS, TRIGGERS, Recipe, recipe_for
-from fp_onnx.models.train import fit, mean_activation, seed_everything
+from fp_onnx.models.train import fit, mean_activation, predict, seed_everything
 
 FILES = ("model.onnx", "clean_val.npz", "clean_test.npz", "triggered_test.npz", "model_card.json")
 
@@ -89,8 +89,6 @@ def train_attack(recipe: Recipe, attack: str, model: torch.nn.Module, task, epoc
 
 def clean_baseline_accuracy(recipe: Recipe, task, test_x: np.ndarray, epochs: int | None) -> dict:
     """An honestly trained model with the same settings, to measure the attack's accuracy cost."""
-    from fp_onnx.models.train import predict
-
     config = recipe.train if epochs is None else dataclasses.replace(recipe.train, epochs=epochs)
     seed_everything(config.seed)
     model = recipe.architecture.build()

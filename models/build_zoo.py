@@ -1,6 +1,7 @@
 """Build the six benchmark models (faces / speech / traffic x BadNets / pruning-aware) in one go.
 
-    python -m fp_onnx.models.build_zoo --out out/zoo [--tasks faces,speech,traffic] [--threads 1]
+    python -m fp_onnx.models.build_zoo --out out/zoo [--tasks faces,speech,traffic]
+        [--attacks badnets,pruning-aware] [--epochs N] [--threads 1]
 
 Each model lands in `OUT/<task>_<attack>/` (see `fp_onnx.models.build`); the
 BadNets builds also train an honest model with the same settings
@@ -35,25 +36,29 @@ def summarise(card: dict) -> dict:
     return row
 
 
+def collect_summary(out: Path) -> dict:
+    """One summary row per `OUT/*/model_card.json` (derived from the cards, so parallel builds never clash)."""
+    return {card_path.parent.name: summarise(json.loads(card_path.read_text()))
+            for card_path in sorted(out.glob("*/model_card.json"))}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fp_onnx.models.build_zoo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     summary_path = args.out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     started = time.perf_counter()
     for task in args.tasks.split(","):
         for attack in args.attacks.split(","):
             name = f"{task}_{attack.replace('-', '_')}"
-            card = build(task, attack, args.out / name, clean_baseline=(attack == "badnets"))
-            summary[name] = summarise(card)
-            args.out.mkdir(parents=True, exist_ok=True)
-            summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-            print(name, json.dumps(summary[name]), flush=True)
+            card = build(task, attack, args.out / name, epochs=args.epochs, clean_baseline=(attack == "badnets"))
+            summary_path.write_text(json.dumps(collect_summary(args.out), indent=2) + "\n")
+            print(name, json.dumps(summarise(card)), flush=True)
     print(f"total {time.perf_counter() - started:.0f} s -> {summary_path}")
 
 

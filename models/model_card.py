@@ -12,16 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fp_onnx.metrics import AttackSpec, accuracy, attack_success_rate
 
-def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(predicted == labels)) if len(labels) else float("nan")
+__all__ = ["accuracy", "attack_success", "read_card", "write_card"]
 
 
 def attack_success(triggered_predicted: np.ndarray, triggered: dict[str, np.ndarray], clean_accuracy: float) -> float:
-    """Targeted when the set has `target`, else untargeted (footnote 4)."""
-    if "target" in triggered:
-        return accuracy(triggered_predicted, triggered["target"])
-    return 1.0 - accuracy(triggered_predicted, triggered["y"]) / clean_accuracy
+    """The paper's attack success rate, from fp_onnx.metrics: targeted when the set has `target`."""
+    attack = AttackSpec("targeted") if "target" in triggered else AttackSpec("untargeted")
+    return attack_success_rate(attack, triggered_predicted, triggered["y"], triggered.get("target"), clean_accuracy)
 
 
 def write_card(path: Path, card: dict) -> Path:

@@ -59,7 +59,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
             "input_shape": BENCHMARK_SPECTROGRAM.shape, "widths": (32, 64, 96, 96, 128),
             "fc_width": 256, "conv1_stride": 2, "global_pool": True, "batch_norm": True}),
         attack=AttackSpec("all_to_all", poison_fraction=0.3),
-        train=TrainConfig(epochs=25, batch_size=64, lr=1e-3),
+        train=TrainConfig(epochs=15, batch_size=64, lr=1e-3),
     ),
     ("traffic", "benchmark"): Recipe(
         task="traffic", load=load_traffic,
@@ -70,7 +70,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("speech", "demo"): Recipe(
         task="speech", load=lambda: load_speech(DEMO_SPECTROGRAM),
         architecture=ArchitectureSpec("alexnet_speech", {
-            "input_shape": DEMO_SPECTROGRAM.shape, "widths": (16, 32, 48, 48, 64), "fc_width": 128,
+            "input_shape": DEMO_SPECTROGRAM.shape, "widths": (16, 32, 48, 48, 128), "fc_width": 128,
             "global_pool": True, "batch_norm": True}),
         attack=AttackSpec("all_to_all", poison_fraction=0.3),
         train=TrainConfig(epochs=25, batch_size=64, lr=1e-3),

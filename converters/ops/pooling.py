@@ -40,16 +40,23 @@ def _crop(y, sizes):
     return y
 
 
+def _window(node, x, ceil_mode: bool):
+    """Kernel, strides, dilations, explicit pads and the ONNX output size of a pooling window."""
+    kernel, strides, dilations = spatial_attrs(node, [])
+    rank = len(kernel)
+    pads = spatial_pads(node, x, kernel, strides, dilations)
+    sizes = [_output_size(x.shape[2 + a], kernel[a], strides[a], dilations[a], pads[a], pads[rank + a], ceil_mode)
+             for a in range(rank)]
+    return kernel, strides, dilations, pads, sizes
+
+
 @converter("MaxPool")
 def max_pool(node):
     ceil_mode = bool(node.attr("ceil_mode", 0))
 
     def run(x):
-        kernel, strides, dilations = spatial_attrs(node, [])
+        kernel, strides, dilations, pads, sizes = _window(node, x, ceil_mode)
         rank = len(kernel)
-        pads = spatial_pads(node, x, kernel, strides, dilations)
-        sizes = [_output_size(x.shape[2 + a], kernel[a], strides[a], dilations[a], pads[a], pads[rank + a], ceil_mode)
-                 for a in range(rank)]
         padding = _native_padding(pads, kernel, dilations)
         if padding is None:  # asymmetric or oversized pads: pad with -inf ourselves
             x, padding = pad_spatial(x, pads, value=-math.inf), [0] * rank
@@ -68,11 +75,8 @@ def average_pool(node):
     count_include_pad = bool(node.attr("count_include_pad", 0))
 
     def run(x):
-        kernel, strides, dilations = spatial_attrs(node, [])
+        kernel, strides, dilations, pads, sizes = _window(node, x, ceil_mode)
         rank = len(kernel)
-        pads = spatial_pads(node, x, kernel, strides, dilations)
-        sizes = [_output_size(x.shape[2 + a], kernel[a], strides[a], dilations[a], pads[a], pads[rank + a], ceil_mode)
-                 for a in range(rank)]
         padding = _native_padding(pads, kernel, dilations)
         if padding is not None and all(d == 1 for d in dilations):
             y = _AVG_POOL[rank](x, kernel, strides, padding, ceil_mode, count_include_pad)
