@@ -111,7 +111,7 @@ def goals(task: str, attack: str, outcome: dict) -> list[str]:
     if task != "traffic":
         notes.append(_goal(fp.attack_success <= 0.05, f"fine-pruning attack success {fp.attack_success:.3f} (goal <= 0.05)"))
     drop = none.clean_accuracy - fp.clean_accuracy
-    notes.append(_goal(drop <= 0.01, f"fine-pruning clean-accuracy drop {drop:+.3f} (goal <= 0.01)"))
+    notes.append(_goal(drop <= 0.01 + 1e-9, f"fine-pruning clean-accuracy drop {drop:+.3f} (goal <= 0.01)"))
     if attack == "pruning-aware":
         notes.append(_goal(pruning.attack_success >= 0.5 * none.attack_success,
                            f"pruning alone leaves attack success {pruning.attack_success:.3f} of {none.attack_success:.3f} "
