@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -18,7 +16,7 @@ from fp_onnx.cli.main import cli
 from fp_onnx.data import open_dataset
 from fp_onnx.defense import DefenseConfig, fine_prune
 from fp_onnx.errors import BadOptionError
-from fp_onnx.finetune import FineTuneConfig, add_weight_noise, fine_tune
+from fp_onnx.finetune import FineTuneConfig, add_weight_noise
 from fp_onnx.converters import onnx_to_torch
 from fp_onnx.loading import load_model
 from fp_onnx.metrics import AttackSpec
