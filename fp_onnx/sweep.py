@@ -42,6 +42,7 @@ from fp_onnx.batch import has_fixed_batch_of_one, make_batch_symbolic
 from fp_onnx.data import Dataset, check_fits
 from fp_onnx.errors import BadModelError
 from fp_onnx.inference import ModelRunner, predictions
+from fp_onnx.profile import channels_first
 from fp_onnx.progress import progress_bar
 from fp_onnx.prune_point import PrunePoint
 from fp_onnx.runtime import RuntimeOptions, create_session
@@ -295,9 +296,8 @@ class AffinePrefix:
         if self.maps is None and not self._probe(activation.shape[1:]):
             return None
         batch = len(activation)
-        per_channel = np.ascontiguousarray(
-            np.moveaxis(activation, self.point.channel_axis, 1).reshape(batch, self.point.channels, -1).transpose(1, 0, 2),
-            dtype=np.float32)
+        per_channel = np.ascontiguousarray(channels_first(activation, self.point.channel_axis).transpose(1, 0, 2),
+                                           dtype=np.float32)  # (C, B, positions)
         actual = self.session.run(list(self.boundaries), {self.input: activation})
         contributions = []
         for linear, bias, real in zip(self.maps, self.bias, actual):
