@@ -52,12 +52,12 @@ def command(**params) -> None:
     """
     rule = stop_rule_from(params)
     finetune = finetune_config_from(params)
+    config = DefenseConfig(rule=rule, finetune=finetune, val_fraction=params["val_fraction"], seed=params["seed"],
+                           baselines=params["baselines"], batch_size=params["batch_size"])
     inputs = open_inputs(params)
     val = dataset_from(params, params["val_path"]) if params["val_path"] else None
     test = dataset_from(params, params["test_path"]) if params["test_path"] else None
     out_dir = prepare_output_dir(params["out_dir"])
-    config = DefenseConfig(rule=rule, finetune=finetune, val_fraction=params["val_fraction"], seed=params["seed"],
-                           baselines=params["baselines"], batch_size=params["batch_size"])
     result = fine_prune(inputs.loaded.model, inputs.point, inputs.clean, val=val, test=test,
                         triggered=inputs.triggered, attack=inputs.attack, config=config,
                         options=runtime_from(params), progress=show_progress())

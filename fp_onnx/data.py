@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fp_onnx.errors import BadDataError, UnsafeFileError
+from fp_onnx.errors import BadDataError, BadOptionError, UnsafeFileError
 from fp_onnx.images import IMAGE_SUFFIXES, ImagePreprocess, load_image
 from fp_onnx.signature import TensorSpec
 
@@ -324,7 +324,7 @@ def split_dataset(dataset: Dataset, val_fraction: float, seed: int = 0) -> tuple
     has two or more) to validation, so a rare class is not lost from either part.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise BadDataError(f"validation fraction {val_fraction}: must lie strictly between 0 and 1")
+        raise BadOptionError(f"--val-fraction {val_fraction}: must lie strictly between 0 and 1")
     rng = np.random.default_rng(seed)
     labels = dataset.labels if dataset.labels is not None else np.zeros(len(dataset), dtype=np.int64)
     val: list[np.ndarray] = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from fp_onnx.data import Dataset, split_dataset
-from fp_onnx.errors import BadDataError
+from fp_onnx.errors import BadDataError, BadOptionError
 from fp_onnx.evaluate import Measurement, measure
 from fp_onnx.finetune import FineTuneConfig, FineTuneResult, fine_tune
 from fp_onnx.metrics import AttackSpec
@@ -41,6 +41,10 @@ class DefenseConfig:
     baselines: bool = False
     """Also run pruning-only and fine-tuning-only, for the paper's Table 1 row."""
     batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise BadOptionError(f"--val-fraction {self.val_fraction}: must lie strictly between 0 and 1")
 
 
 @dataclass

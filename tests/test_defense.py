@@ -132,7 +132,7 @@ def test_fine_prune_bad_flags_leave_no_output(backdoored, tmp_path, args, patter
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["fine-prune", str(backdoored["model"]), "--data", str(backdoored["clean"]),
                                       "--epochs", "1", "--device", "cpu", "--out", str(out), *args])
-    assert result.exit_code != 0
+    assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and pattern in lines[0], result.output
     assert not out.exists() or not any(out.iterdir())
