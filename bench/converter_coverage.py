@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import model_zoo  # noqa: E402
 
 from fp_onnx.converters import onnx_to_torch  # noqa: E402
+from fp_onnx.runtime import RuntimeOptions, create_session  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 HELPER_BUILDERS = {"keras_nhwc": model_zoo.build_keras_nhwc_model, "caffe": model_zoo.build_caffe_style_model}
@@ -85,10 +86,7 @@ def measure(convert, model: onnx.ModelProto) -> dict:
     except Exception as error:  # a peer converter may fail in any way; record it
         return {"converts": False, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"}
     feeds = model_zoo.random_input(model, 8, seed=1)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    reference = session.run(None, feeds)
+    reference = create_session(model, RuntimeOptions(device="cpu")).run(None, feeds)
     try:
         with torch.no_grad():
             out = module.eval()(*[torch.from_numpy(v) for v in feeds.values()])

@@ -27,10 +27,10 @@ from fp_onnx.defense import DefenseConfig, fine_prune
 from fp_onnx.finetune import FineTuneConfig
 from fp_onnx.loading import load_model
 from fp_onnx.metrics import AttackSpec
-from fp_onnx.plots import plot_prune_curve
 from fp_onnx.prune import StopRule
 from fp_onnx.prune_point import find_prune_points, resolve_prune_point
 from fp_onnx.report import library_versions
+from fp_onnx.reporting import plot_outcome_curve
 from fp_onnx.runtime import RuntimeOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,11 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             build_seconds[task, attack] = seconds or json.loads((folder / "model_card.json").read_text()).get("build_seconds", 0)
             outcome = defend(folder, args.device)
             outcomes[task, attack] = outcome
-            curve = outcome["result"].prune.curve
-            plot_prune_curve(figures / f"prune_curve_{task}_{attack.replace('-', '_')}.png",
-                             [n / curve.channels for n in curve.channels_pruned], curve.clean_accuracy,
-                             curve.attack_success, title=f"{TASK_NAMES[task]}, {attack} attack",
-                             stop_fraction=outcome["result"].prune.channels_pruned / curve.channels)
+            plot_outcome_curve(figures / f"prune_curve_{task}_{attack.replace('-', '_')}.png",
+                               outcome["result"].prune, f"{TASK_NAMES[task]}, {attack} attack")
             table = outcome["result"].table
             print(f"{task:<8}{attack:<15}" + "  ".join(f"{n}: {row_text(table, n)}" for n in table), flush=True)
             payload.append({"task": task, "attack": attack, "prune_point": outcome["point"],

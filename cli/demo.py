@@ -43,15 +43,15 @@ def command(out_dir: Path, device: str) -> None:
                f"attack success {metrics.get('attack_success', float('nan')):.4f} ({card.get('warning', '')})\n")
     click.echo(format_table(find_prune_points(loaded.model)) + "\n")
     config = DefenseConfig(rule=StopRule("threshold", 0.04), finetune=FineTuneConfig(device=device), baselines=True)
+    clean = open_dataset(demo["clean_val"])
     result = fine_prune(
-        loaded.model, resolve_prune_point(loaded.model, None), open_dataset(demo["clean_val"]),
+        loaded.model, resolve_prune_point(loaded.model, None), clean,
         test=open_dataset(demo["clean_test"]), triggered=open_dataset(demo["triggered_test"]),
         attack=AttackSpec("targeted", None), config=config, progress=show_progress(),
     )
     settings = {"demo": True, "data": str(demo["clean_val"]), "test_data": str(demo["clean_test"]),
                 "trigger_data": str(demo["triggered_test"]), "stop_rule": config.rule.describe(),
                 "attack": "targeted (per-sample targets: (i + 1) mod 10)", "device": device}
-    sample = open_dataset(demo["clean_val"]).take(np.arange(1)).x
-    written = write_defense_outputs(out_dir, result, loaded, settings, sample)
+    written = write_defense_outputs(out_dir, result, loaded, settings, clean.take(np.arange(1)).x)
     click.echo(results_table(result))
     click.echo("wrote " + ", ".join(str(path) for path in written))

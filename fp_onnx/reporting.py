@@ -28,6 +28,13 @@ def write_profile_outputs(out_dir: Path, profile: ActivationProfile, loaded: Loa
     return [write_json(out_dir / "profile.json", payload), plot]
 
 
+def plot_outcome_curve(path: Path, outcome: PruneOutcome, title: str) -> Path:
+    """The prune curve of a pruning run (paper Fig. 6), with the stop marked."""
+    curve = outcome.curve
+    return plot_prune_curve(path, [n / curve.channels for n in curve.channels_pruned], curve.clean_accuracy,
+                            curve.attack_success, title=title, stop_fraction=outcome.channels_pruned / curve.channels)
+
+
 def model_cost(model) -> dict:
     return {"parameters": count_parameters(model), "flops": count_flops(model)}
 
@@ -36,14 +43,8 @@ def write_prune_outputs(out_dir: Path, outcome: PruneOutcome, loaded: LoadedMode
     """pruned.onnx, prune_curve.png and prune_curve.json (written last: it names the other two)."""
     curve = outcome.curve
     model_path = save_model(outcome.surgery.model, out_dir / "pruned.onnx")
-    plot = plot_prune_curve(
-        out_dir / "prune_curve.png",
-        [n / curve.channels for n in curve.channels_pruned],
-        curve.clean_accuracy,
-        curve.attack_success,
-        title=f"{loaded.path.name}: pruning {outcome.profile.prune_point.conv}",
-        stop_fraction=outcome.channels_pruned / curve.channels,
-    )
+    plot = plot_outcome_curve(out_dir / "prune_curve.png", outcome,
+                              f"{loaded.path.name}: pruning {outcome.profile.prune_point.conv}")
     payload = {
         "model": model_identity(loaded),
         "prune_point": outcome.profile.prune_point.to_dict(),
@@ -67,12 +68,8 @@ def write_defense_outputs(out_dir: Path, result, loaded: LoadedModel, settings: 
     defended = save_model(result.defended, out_dir / "defended.onnx")
     pruned = save_model(prune.surgery.model, out_dir / "pruned.onnx")
     profile_paths = write_profile_outputs(out_dir, prune.profile, loaded)
-    curve = prune.curve
-    curve_plot = plot_prune_curve(
-        out_dir / "prune_curve.png", [n / curve.channels for n in curve.channels_pruned], curve.clean_accuracy,
-        curve.attack_success, title=f"{loaded.path.name}: pruning {prune.profile.prune_point.conv}",
-        stop_fraction=prune.channels_pruned / curve.channels,
-    )
+    curve_plot = plot_outcome_curve(out_dir / "prune_curve.png", prune,
+                                    f"{loaded.path.name}: pruning {prune.profile.prune_point.conv}")
     report = {
         "vendor": model_identity(loaded),
         "defended": {"path": str(defended), "sha256": sha256_of(defended)},

@@ -18,9 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
+
+from fp_onnx.data import ArrayDataset
+from fp_onnx.evaluate import predict
+from fp_onnx.inference import ModelRunner
+from fp_onnx.loading import load_model
+from fp_onnx.runtime import RuntimeOptions
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -58,11 +63,9 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def onnx_predict(model_path: Path, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Labels predicted by the exported file under onnxruntime's CPU provider."""
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    out = [session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch_size].astype(np.float32)})[0].argmax(1)
-           for i in range(0, len(x), batch_size)]
-    return np.concatenate(out).astype(np.int64)
+    """Labels predicted by the exported file under onnxruntime's CPU provider, through fp-onnx's own runner."""
+    runner = ModelRunner(load_model(model_path).model, options=RuntimeOptions(device="cpu"))
+    return predict(runner, ArrayDataset(np.asarray(x, dtype=np.float32)), batch_size).astype(np.int64)
 
 
 def conv_node_name(model_path: Path, module_name: str) -> str | None:
