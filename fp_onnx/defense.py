@@ -47,6 +47,18 @@ class DefenseConfig:
             raise BadOptionError(f"--val-fraction {self.val_fraction}: must lie strictly between 0 and 1")
 
 
+@dataclass(frozen=True)
+class DefenseData:
+    """The data a run was judged on, kept for checking the written files the same way."""
+
+    val: Dataset
+    """Clean validation data (ranking, stopping, early stopping, the guard)."""
+    scored: Dataset
+    """Clean data of the results table: the test data when given, else `val`."""
+    triggered: Dataset | None = None
+    attack: AttackSpec | None = None
+
+
 @dataclass
 class DefenseResult:
     defended: onnx.ModelProto
@@ -59,6 +71,7 @@ class DefenseResult:
     signature_problems: list[str]
     finetune_only: FineTuneResult | None = None
     models: dict[str, onnx.ModelProto] = field(default_factory=dict, repr=False)
+    data: DefenseData | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {
@@ -129,4 +142,5 @@ def fine_prune(
         signature_problems=signature_differences(model, tuned.model),
         finetune_only=finetune_only,
         models=models,
+        data=DefenseData(val, scored, triggered, attack),
     )
