@@ -68,7 +68,7 @@ def defend(paths: dict[str, Path], out: Path, finetune: FineTuneConfig) -> dict:
                           "fine_pruned": result.table["fine-pruning"].clean_accuracy},
         "channels_pruned": result.prune.channels_pruned, "channels": result.prune.curve.channels,
         "first_epoch_train_loss": tuned.history[0]["train_loss"] if tuned.history else None,
-        "epochs_run": len(tuned.history), "recoveries": tuned.recoveries, "diverged": tuned.diverged,
+        "epochs_run": len(tuned.history), "recoveries": tuned.recoveries, "failure": tuned.failure,
         "lr_scales": tuned.calibration.get("lr_scales"), "seconds": seconds,
     }
 

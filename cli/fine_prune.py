@@ -64,7 +64,8 @@ def command(**params) -> None:
     limits = limits_from(params, rule)
     finetune = finetune_config_from(params)
     config = DefenseConfig(rule=rule, finetune=finetune, val_fraction=params["val_fraction"], seed=params["seed"],
-                           baselines=params["baselines"], batch_size=params["batch_size"])
+                           baselines=params["baselines"], batch_size=params["batch_size"],
+                           max_accuracy_drop=limits.max_accuracy_drop)
     inputs = open_inputs(params)
     val = dataset_from(params, params["val_path"]) if params["val_path"] else None
     test = dataset_from(params, params["test_path"]) if params["test_path"] else None

@@ -60,11 +60,12 @@ def command(**params) -> None:
     out_dir = prepare_output_dir(params["out_dir"]) if context.is_main else None
     if context.is_main:
         retire(out_dir, [MODEL_NAME])
-    result = fine_tune(loaded.model, train, val, config, progress=show_progress())
-    if not context.is_main:
-        return
     options = runtime_from(params)
     vendor = check_clean(loaded.model, val, options=options, batch_size=params["batch_size"])
+    result = fine_tune(loaded.model, train, val, config, accuracy_floor=vendor.accuracy - max_drop,
+                       progress=show_progress())
+    if not context.is_main:
+        return
     model_path, guard = ship_guarded(result.model, out_dir, MODEL_NAME, vendor, val, max_drop, options=options,
                                      batch_size=params["batch_size"])
     problems = signature_differences(loaded.model, result.model)

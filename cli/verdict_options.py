@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from fp_onnx.guard import DEFAULT_MAX_ACCURACY_DROP
+from fp_onnx.guard import DEFAULT_MAX_ACCURACY_DROP, max_accuracy_drop_for
 from fp_onnx.prune import StopRule
 from fp_onnx.verdict import DEFAULT_MAX_ATTACK_SUCCESS, VerdictLimits
 
@@ -21,11 +21,7 @@ max_attack_success_option = click.option(
 
 def max_accuracy_drop_from(params: dict, rule: StopRule | None = None) -> float:
     """The guard's limit: the flag, else the threshold the pruning stopped at, else the default (0.04)."""
-    if params.get("max_accuracy_drop") is not None:
-        return VerdictLimits(max_accuracy_drop=params["max_accuracy_drop"]).max_accuracy_drop
-    if rule is not None and rule.kind == "threshold":
-        return rule.value
-    return DEFAULT_MAX_ACCURACY_DROP
+    return max_accuracy_drop_for(params.get("max_accuracy_drop"), rule)
 
 
 def limits_from(params: dict, rule: StopRule | None = None) -> VerdictLimits:

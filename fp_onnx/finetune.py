@@ -20,8 +20,9 @@ minimum the attacker may have prepared.
 Fine-tuning must never hand back a broken model quietly. The run is calibrated on
 its first batches (layer-wise learning-rate scales for inputs on a 0-255 scale,
 automatic gradient clipping: `fp_onnx.calibration`), watched on every batch and
-epoch (`fp_onnx.divergence`), and a divergence restores the last good weights and
-lowers the learning rate, a bounded number of times; every recovery is recorded.
+epoch (`fp_onnx.divergence`), and trouble restores good weights and lowers the
+learning rate, a bounded number of times (`fp_onnx.recovery`); every recovery is
+recorded.
 What is optimised and how (optimizer, schedule, extra loss terms) is the recipe's
 business (`fp_onnx.recipe`); the protection is the same for every recipe. Whether
 the result may ship is decided on the written file (`fp_onnx.guard`).
@@ -44,7 +45,8 @@ from fp_onnx.divergence import DivergenceMonitor
 from fp_onnx.errors import BadDataError, BadOptionError
 from fp_onnx.inference import single_input
 from fp_onnx.recipe import find_recipe
-from fp_onnx.training import Trainer, classification_loss  # noqa: F401 - classification_loss: public here too
+from fp_onnx.recovery import RecoveringRun
+from fp_onnx.training import Trainer
 
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
@@ -121,9 +123,9 @@ class FineTuneResult:
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
     recoveries: list[dict] = field(default_factory=list)
-    """Every divergence that was answered by restoring weights and lowering the learning rate."""
-    diverged: str | None = None
-    """Why training ended on a divergence it could not recover from (recoveries exhausted or off), else None."""
+    """Every problem that was answered by restoring weights and lowering the learning rate."""
+    failure: str | None = None
+    """The problem training ended on with recoveries spent (or off): a divergence, or ending below the floor."""
     final_lr: float = 0.0
     calibration: dict = field(default_factory=dict)
 
@@ -135,7 +137,7 @@ class FineTuneResult:
             "initial_val_accuracy": self.initial_val_accuracy,
             "best_epoch": self.best_epoch,
             "best_val_accuracy": self.best_val_accuracy,
-            "diverged": self.diverged,
+            "failure": self.failure,
             "recoveries": self.recoveries,
             "final_lr": self.final_lr,
             "calibration": {key: _json_number(value) for key, value in self.calibration.items()},
@@ -170,16 +172,18 @@ def fine_tune(
     val: Dataset,
     config: FineTuneConfig = FineTuneConfig(),
     *,
+    accuracy_floor: float | None = None,
     progress: bool = False,
 ) -> FineTuneResult:
     """Fine-tune `model` on `train`, stop early on `val` accuracy, return the written-back ONNX model.
 
-    Divergence (see `fp_onnx.divergence`) restores the weights of the last good epoch
-    (the start weights before the first), multiplies every learning rate by
-    `lr_backoff` and retries the epoch, at most `max_recoveries` times. Once that budget
-    is spent (or is 0), training stops: the best good epoch is returned, and when there
-    is none, the diverged weights themselves, so the caller's check of the written
-    model rejects them rather than shipping the vendor's weights under a new name.
+    A divergence, or ending below `accuracy_floor` (the lowest validation accuracy
+    the result may ship with) from a start at or above it, restores good weights and
+    lowers the learning rate, at most `max_recoveries` times (`fp_onnx.recovery`).
+    Once that budget is spent (or is 0), `failure` says why; the best fine-tuned
+    epoch is returned, or, when none survived, the diverged weights themselves, so
+    the check of the written model rejects them rather than shipping the vendor's
+    weights under a new name.
     """
     spec = single_input(model)
     for dataset in (train, val):
@@ -204,60 +208,10 @@ def fine_tune(
                           "lr_scales": {module.onnx_names.get(k, k): v for k, v in calibration.lr_scales.items()}}
     monitor = DivergenceMonitor(calibration.reference_loss, _classes(model), start.accuracy,
                                 config.loss_blowup, config.collapse_drop)
-    _train_with_recovery(trainer, train, val, monitor, result, progress and context.is_main)
+    RecoveringRun(trainer, train, val, monitor, result, accuracy_floor, progress and context.is_main).run()
     result.model = write_back(model, module.cpu())
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _train_with_recovery(trainer: Trainer, train: Dataset, val: Dataset, monitor: DivergenceMonitor,
-                         result: FineTuneResult, progress: bool) -> None:
-    """Epochs with early stopping; a divergence restores the last good weights at a lower lr.
-
-    Leaves the chosen weights in `trainer.module` and fills `result`'s history, best
-    epoch, recoveries and final learning rate.
-    """
-    config = trainer.config
-    lr_factor = 1.0
-    lr = lambda factor: float(f"{config.lr * factor:.12g}")  # noqa: E731 - 1e-3 * 0.1 prints as 1e-4
-    trainer.start(lr_factor)
-    good_state, good_epoch = trainer.snapshot(), 0
-    best, best_state, best_epoch, stale = -1.0, None, 0, 0
-    epoch = 1
-    while epoch <= config.epochs:
-        monitor.restart()
-        outcome = trainer.train_epoch(train, epoch, monitor, progress)
-        reason, val_accuracy = outcome.divergence, None
-        if reason is None:
-            evaluation = trainer.evaluate(val)
-            val_accuracy = evaluation.accuracy
-            reason = monitor.epoch(evaluation.accuracy, evaluation.finite)
-        result.history.append({"epoch": epoch, "lr": lr(lr_factor), "train_loss": outcome.loss,
-                               "val_accuracy": val_accuracy, "diverged": reason})
-        if reason is not None:
-            if len(result.recoveries) >= config.max_recoveries:
-                result.diverged = reason
-                break
-            result.recoveries.append({"epoch": epoch, "batch": outcome.batch, "reason": reason,
-                                      "lr_before": lr(lr_factor), "lr_after": lr(lr_factor * config.lr_backoff),
-                                      "restored_epoch": good_epoch})
-            trainer.restore(good_state)
-            lr_factor *= config.lr_backoff
-            trainer.start(lr_factor)
-            continue
-        good_state, good_epoch = trainer.snapshot(), epoch
-        stale = 0 if val_accuracy > best + 1e-9 else stale + 1
-        if val_accuracy >= best:  # ties go to the later, longer fine-tuned epoch
-            best, best_state, best_epoch = val_accuracy, good_state, epoch
-        if stale >= config.patience:
-            break
-        epoch += 1
-    if best_state is not None:
-        trainer.restore(best_state)
-    else:  # no epoch survived: keep the diverged weights for the guard to reject, and say how bad they are
-        best = trainer.evaluate(val).accuracy
-    result.best_epoch, result.best_val_accuracy = best_epoch, best
-    result.final_lr = lr(lr_factor)
 
 
 def _classes(model: onnx.ModelProto) -> int:

@@ -22,13 +22,24 @@ import numpy as np
 import onnx
 
 from fp_onnx.data import Dataset, check_fits
-from fp_onnx.errors import BadDataError, ModelRejectedError
+from fp_onnx.errors import BadDataError, BadOptionError, ModelRejectedError
 from fp_onnx.inference import ModelRunner, predictions
 from fp_onnx.loading import DEFAULT_MAX_BYTES, load_model
 from fp_onnx.runtime import RuntimeOptions
 
 DEFAULT_MAX_ACCURACY_DROP = 0.04
 """The paper's stop threshold: what the defense may cost in clean accuracy (absolute)."""
+
+
+def max_accuracy_drop_for(given: float | None, rule=None) -> float:
+    """The guard's limit: `given`, else the threshold a `StopRule` stopped at, else 0.04."""
+    if given is not None:
+        if not 0.0 <= given <= 1.0:
+            raise BadOptionError(f"--max-accuracy-drop {given}: must lie in [0, 1]")
+        return given
+    if rule is not None and rule.kind == "threshold":
+        return rule.value
+    return DEFAULT_MAX_ACCURACY_DROP
 
 
 @dataclass(frozen=True)

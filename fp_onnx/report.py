@@ -95,8 +95,8 @@ def _finetune_section(finetune: dict) -> str:
                          f"{r['restored_epoch']}, lr {r['lr_before']:g} → {r['lr_after']:g}</li>"
                          for r in finetune["recoveries"])
     notes = f"<p>Recoveries:</p><ul>{recoveries}</ul>" if recoveries else "<p>No divergence: no recovery needed.</p>"
-    if finetune["diverged"]:
-        notes += f'<p class="bad">Training ended on a divergence it could not recover from: {html.escape(finetune["diverged"])}</p>'
+    if finetune["failure"]:
+        notes += f'<p class="bad">Training ended on a problem it could not recover from: {html.escape(finetune["failure"])}</p>'
     scales = finetune["calibration"].get("lr_scales") or {}
     if scales:
         notes += "<p>Learning rate scaled down for tensors whose step was out of proportion: " + ", ".join(

@@ -133,7 +133,7 @@ def _judge_defended(path: Path, result, vendor: CleanCheck, limits: VerdictLimit
 
 def training_note(tuned) -> str:
     """What fine-tuning went through, for a failure's one line ('' when nothing happened)."""
-    if tuned.diverged:
+    if tuned.failure:
         after = f"after {tuned.describe_recoveries()}" if tuned.recoveries else "with recovery off"
-        return f"fine-tuning diverged {after}: {tuned.diverged}"
+        return f"fine-tuning failed {after}: {tuned.failure}"
     return f"fine-tuning needed {tuned.describe_recoveries()}" if tuned.recoveries else ""

@@ -127,7 +127,7 @@ def test_fine_prune_forced_to_diverge_ships_nothing(backdoored, tmp_path):
     assert result.exit_code == 7, result.output
     errors = error_lines(result)
     assert len(errors) == 1 and errors[0].startswith("error: defended.onnx rejected: ")
-    assert "validation outputs are not finite" in errors[0] and "fine-tuning diverged with recovery off" in errors[0]
+    assert "validation outputs are not finite" in errors[0] and "fine-tuning failed with recovery off" in errors[0]
     assert "kept as defended.onnx.rejected" in errors[0] and "Traceback" not in result.output
     assert not (tmp_path / "defended.onnx").exists()  # the stale one is gone too
     assert "defended.onnx" not in [p.name for p in tmp_path.glob("*.onnx")]
@@ -135,7 +135,7 @@ def test_fine_prune_forced_to_diverge_ships_nothing(backdoored, tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["verdict"]["status"] == "failed" and report["verdict"]["exit_code"] == 7
     assert report["verdict"]["measured"]["nonfinite_outputs"] == report["verdict"]["measured"]["validation_samples"]
-    assert report["defended"]["shipped"] is False and report["defense"]["finetune"]["diverged"]
+    assert report["defended"]["shipped"] is False and report["defense"]["finetune"]["failure"]
     assert "failed:" in (tmp_path / "report.html").read_text()
 
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +20,7 @@ from click.testing import CliRunner
 
 from fp_onnx.calibration import Calibration, layer_lr_scales
 from fp_onnx.cli.main import cli
-from fp_onnx.data import open_dataset, split_dataset
+from fp_onnx.data import ArrayDataset, open_dataset, split_dataset
 from fp_onnx.divergence import DivergenceMonitor
 from fp_onnx.errors import BadOptionError
 from fp_onnx.finetune import FineTuneConfig, fine_tune
@@ -85,7 +89,7 @@ def test_raw_pixel_model_fine_prunes_with_defaults(raw_pixel, tmp_path):
     # the input conv (weights 255x smaller) was singled out, and the rest trained at the default lr
     assert list(tuned["calibration"]["lr_scales"]) == ["0.conv1.weight"]
     assert tuned["calibration"]["lr_scales"]["0.conv1.weight"] < 1e-3
-    assert tuned["diverged"] is None and tuned["history"][0]["lr"] == 0.001
+    assert tuned["failure"] is None and tuned["history"][0]["lr"] == 0.001
     assert tuned["best_epoch"] >= 1 and tuned["history"][0]["train_loss"] < 2.0
 
 
@@ -95,7 +99,7 @@ def test_raw_pixel_model_without_the_protection_diverges_and_is_rejected(raw_pix
     train, val = split_dataset(open_dataset(raw_pixel["clean"]), 0.2, 0)
     config = FineTuneConfig(device="cpu", epochs=2, layer_scale_spread=0, clip_grad_norm=0, max_recoveries=0)
     tuned = fine_tune(loaded.model, train, val, config)
-    assert tuned.diverged is not None and tuned.history[0]["train_loss"] > 50  # the issue saw 577
+    assert tuned.failure is not None and tuned.history[0]["train_loss"] > 50  # the issue saw 577
     vendor = check_clean(loaded.model, val, options=CPU)
     path, guard = ship_guarded(tuned.model, tmp_path, "finetuned.onnx", vendor, val, 0.04, options=CPU)
     assert not guard.passed and path.name == "finetuned.onnx.rejected"
@@ -111,7 +115,7 @@ def test_divergence_is_recovered_by_restoring_and_lowering_the_lr(raw_pixel, tmp
     recoveries = report["recoveries"]
     assert len(recoveries) >= 1 and recoveries[0]["lr_before"] == 0.05 and recoveries[0]["lr_after"] == 0.005
     assert all(r["restored_epoch"] == 0 for r in recoveries if r["epoch"] == 1)
-    assert report["final_lr"] == recoveries[-1]["lr_after"] and report["diverged"] is None
+    assert report["final_lr"] == recoveries[-1]["lr_after"] and report["failure"] is None
     assert [h["diverged"] is not None for h in report["history"]][: len(recoveries)] == [True] * len(recoveries)
     assert report["guard"]["passed"] and (tmp_path / "finetuned.onnx").is_file()
     assert "recover" in result.output
@@ -130,7 +134,41 @@ def test_the_same_run_with_recovery_off_is_not_shipped(raw_pixel, tmp_path):
     assert not stale.exists() and (tmp_path / "finetuned.onnx.rejected").is_file()
     report = json.loads((tmp_path / "finetune.json").read_text())
     assert report["guard"]["passed"] is False and report["finetuned_model"] == "finetuned.onnx.rejected"
-    assert report["recoveries"] == [] and report["diverged"]
+    assert report["recoveries"] == [] and report["failure"]
+
+
+@pytest.fixture(scope="module")
+def misleading_training(raw_pixel):
+    """The raw-pixel model, clean validation data, and training data whose labels are shuffled.
+
+    Fine-tuning on it lowers clean accuracy steadily, without a loss blow-up (the start loss on
+    shuffled labels is already high): the case a divergence check cannot see but the floor can.
+    """
+    model = load_model(raw_pixel["model"]).model
+    train, val = split_dataset(open_dataset(raw_pixel["clean"]), 0.2, 0)
+    batch = train.take(np.arange(len(train)))
+    shuffled = ArrayDataset(batch.x, np.random.default_rng(0).permutation(batch.y))
+    start = check_clean(model, val, options=CPU).accuracy
+    return model, shuffled, val, start - 0.04
+
+
+def test_a_run_that_makes_a_usable_model_unusable_restarts_at_a_lower_lr(misleading_training):
+    model, train, val, floor = misleading_training
+    config = FineTuneConfig(device="cpu", epochs=3, patience=2, collapse_drop=1.0)  # collapse check off: the floor acts
+    tuned = fine_tune(model, train, val, config, accuracy_floor=floor)
+    first = tuned.recoveries[0]
+    assert "ended below the accuracy floor" in first["reason"] and first["restored_epoch"] == 0
+    assert first["lr_before"] == 0.001 and first["batch"] is None
+    assert tuned.failure is None and tuned.best_val_accuracy >= floor
+    assert tuned.history[0]["lr"] == 0.001 and tuned.history[-1]["lr"] == tuned.final_lr < 0.001
+
+
+def test_without_recovery_the_floor_is_reported_as_the_failure(misleading_training):
+    model, train, val, floor = misleading_training
+    config = FineTuneConfig(device="cpu", epochs=3, patience=2, collapse_drop=1.0, max_recoveries=0)
+    tuned = fine_tune(model, train, val, config, accuracy_floor=floor)
+    assert tuned.recoveries == [] and "ended below the accuracy floor" in tuned.failure
+    assert tuned.best_val_accuracy < floor and tuned.best_epoch >= 1  # the best fine-tuned epoch, for the guard to judge
 
 
 # ---------------------------------------------------------------- recipes
@@ -160,3 +198,20 @@ def test_a_registered_recipe_supplies_optimizer_schedule_and_loss_terms(backdoor
         assert tuned.config["recipe"] == "test-adam-cosine" and len(tuned.history) == 1
     finally:
         RECIPES.pop("test-adam-cosine")
+
+
+def test_recovery_under_torchrun_keeps_the_ranks_in_step(raw_pixel, tmp_path):
+    """A divergence noticed mid-epoch must stop every rank at the same batch (else one waits forever in DDP)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    fp_onnx = Path(sys.executable).with_name("fp-onnx")
+    if not torchrun.exists() or not fp_onnx.exists():
+        pytest.skip("torchrun / fp-onnx console scripts not installed next to this Python")
+    completed = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", str(fp_onnx), "finetune", str(raw_pixel["model"]),
+         "--data", str(raw_pixel["clean"]), "--lr", "0.05", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    report = json.loads((tmp_path / "finetune.json").read_text())
+    assert report["world_size"] == 2 and report["recoveries"] and report["guard"]["passed"]
+    assert report["recoveries"][0]["lr_before"] == 0.05
