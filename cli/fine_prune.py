@@ -76,8 +76,6 @@ def command(**params) -> None:
                         triggered=inputs.triggered, attack=inputs.attack, config=config,
                         options=options, progress=show_progress())
     settings = settings_of(params, rule, inputs.attack)
-    settings["verdict_limits"] = {"max_accuracy_drop": limits.max_accuracy_drop,
-                                  "max_attack_success": limits.max_attack_success}
     written, verdict = write_defense_outputs(out_dir, result, inputs.loaded, settings,
                                              inputs.clean.take(np.arange(1)).x, limits=limits, options=options,
                                              batch_size=params["batch_size"])

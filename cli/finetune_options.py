@@ -21,9 +21,9 @@ finetune_options = compose(
     click.option("--mixed-precision", is_flag=True, help="Use float16 autocast on CUDA."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, shuffling and noise."),
     click.option("--max-recoveries", type=int, default=3, show_default=True,
-                 help="When training diverges (non-finite or exploding loss, collapsing validation accuracy), "
-                      "restore the last good weights and lower the learning rate x0.1, at most this often; "
-                      "0 turns recovery off."),
+                 help="When training diverges (non-finite or exploding loss, collapsing validation accuracy) or "
+                      "ends below the accuracy --max-accuracy-drop allows though it started above it, restore good "
+                      "weights and lower the learning rate x0.1, at most this often; 0 turns recovery off."),
     click.option("--clip-grad-norm", default="auto", show_default=True,
                  help="Clip the global gradient norm: 'auto' (5x the start model's typical norm), a number, "
                       "or 0 (off)."),
