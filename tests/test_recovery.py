@@ -84,7 +84,7 @@ def test_raw_pixel_model_fine_prunes_with_defaults(raw_pixel, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     verdict, tuned = report["verdict"], report["defense"]["finetune"]
-    assert verdict["status"] == "defended" and verdict["measured"]["clean_accuracy_drop"] <= 0.04
+    assert verdict["status"] == "defended" and verdict["measured"]["clean_accuracy_drop"] <= 0.04 + 1e-9
     assert verdict["measured"]["nonfinite_outputs"] == 0 and (tmp_path / "defended.onnx").is_file()
     # the input conv (weights 255x smaller) was singled out, and the rest trained at the default lr
     assert list(tuned["calibration"]["lr_scales"]) == ["0.conv1.weight"]
@@ -108,8 +108,8 @@ def test_raw_pixel_model_without_the_protection_diverges_and_is_rejected(raw_pix
 
 # ---------------------------------------------------------------- recovery: restore the last good weights, lower lr
 def test_divergence_is_recovered_by_restoring_and_lowering_the_lr(raw_pixel, tmp_path):
-    result = run("finetune", raw_pixel["model"], "--data", raw_pixel["clean"], "--lr", "0.05", "--device", "cpu",
-                 "--out", tmp_path)
+    result = run("finetune", raw_pixel["model"], "--data", raw_pixel["clean"], "--lr", "0.05", "--epochs", "2",
+                 "--device", "cpu", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "finetune.json").read_text())
     recoveries = report["recoveries"]
@@ -154,7 +154,7 @@ def misleading_training(raw_pixel):
 
 def test_a_run_that_makes_a_usable_model_unusable_restarts_at_a_lower_lr(misleading_training):
     model, train, val, floor = misleading_training
-    config = FineTuneConfig(device="cpu", epochs=3, patience=2, collapse_drop=1.0)  # collapse check off: the floor acts
+    config = FineTuneConfig(device="cpu", epochs=2, patience=1, collapse_drop=1.0)  # collapse check off: the floor acts
     tuned = fine_tune(model, train, val, config, accuracy_floor=floor)
     first = tuned.recoveries[0]
     assert "ended below the accuracy floor" in first["reason"] and first["restored_epoch"] == 0
@@ -165,7 +165,7 @@ def test_a_run_that_makes_a_usable_model_unusable_restarts_at_a_lower_lr(mislead
 
 def test_without_recovery_the_floor_is_reported_as_the_failure(misleading_training):
     model, train, val, floor = misleading_training
-    config = FineTuneConfig(device="cpu", epochs=3, patience=2, collapse_drop=1.0, max_recoveries=0)
+    config = FineTuneConfig(device="cpu", epochs=2, patience=1, collapse_drop=1.0, max_recoveries=0)
     tuned = fine_tune(model, train, val, config, accuracy_floor=floor)
     assert tuned.recoveries == [] and "ended below the accuracy floor" in tuned.failure
     assert tuned.best_val_accuracy < floor and tuned.best_epoch >= 1  # the best fine-tuned epoch, for the guard to judge
