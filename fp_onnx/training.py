@@ -104,38 +104,22 @@ class Trainer:
             x = torch.from_numpy(np.asarray(train.take(indices).x, dtype=np.float32)).to(self.device)
             yield x, labels[indices].to(self.device)
 
-    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The loss to optimise (with the recipe's extra terms) and the classification loss averaged over
+        ranks (inf when this rank's outputs were not finite): what divergence is judged and reported on."""
         with torch.autocast(self.device.type, enabled=self.autocast):
             scores = self.model(x)
             loss = classification_loss(scores, y, self.kind)
-            if self.plan is not None:
-                for term in self.plan.loss_terms:
-                    loss = loss + term()
-        return loss, bool(torch.isfinite(scores).all())
-
-    def _shared_loss(self, loss: torch.Tensor, outputs_finite: bool) -> float:
-        """The batch loss averaged over ranks (inf when this rank's outputs were not finite)."""
-        return self.context.mean(float(loss.detach()) if outputs_finite else math.inf, self.device)
+            watched = float(loss.detach()) if bool(torch.isfinite(scores).all()) else math.inf
+            for term in self.plan.loss_terms if self.plan is not None else ():
+                loss = loss + term()
+        return loss, self.context.mean(watched, self.device)
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, train: Dataset) -> Calibration:
-        """Measure the start model on the first batches (no update; BatchNorm statistics restored)."""
-        state = self.snapshot()
-        self.model.train()
+        """Measure the start model on the first batches; set the layer scales and the clipping threshold."""
+        losses, per_batch = self._first_gradients(train)
         parameters = {name: p for name, p in self.module.named_parameters() if p.requires_grad}
-        per_batch: list[dict[str, float]] = []
-        losses: list[float] = []
-        for index, (x, y) in enumerate(self.batches(train, epoch=1)):
-            if index == CALIBRATION_BATCHES:
-                break
-            self.model.zero_grad(set_to_none=True)
-            loss, finite = self._forward_loss(x, y)
-            loss.backward()
-            losses.append(self._shared_loss(loss, finite))
-            per_batch.append({name: float(p.grad.detach().float().norm()) for name, p in parameters.items()
-                              if p.grad is not None})
-        self.model.zero_grad(set_to_none=True)
-        self.restore(state)
         weight_norms = {name: float(p.detach().float().norm()) for name, p in parameters.items()}
         mean_gradients = {name: float(np.mean([b.get(name, 0.0) for b in per_batch])) for name in parameters}
         scales = layer_lr_scales(mean_gradients, weight_norms, self.config.layer_scale_spread)
@@ -147,6 +131,24 @@ class Trainer:
         self.lr_scales = scales
         self.clip_threshold = calibration.clip_threshold(self.config.clip_grad_norm)
         return calibration
+
+    def _first_gradients(self, train: Dataset) -> tuple[list[float], list[dict[str, float]]]:
+        """Loss and per-tensor gradient norms on the first batches; no update, BatchNorm statistics restored."""
+        state = self.snapshot()
+        self.model.train()
+        losses, per_batch = [], []
+        for index, (x, y) in enumerate(self.batches(train, epoch=1)):
+            if index == CALIBRATION_BATCHES:
+                break
+            self.model.zero_grad(set_to_none=True)
+            loss, watched = self._forward_loss(x, y)
+            loss.backward()
+            losses.append(watched)
+            per_batch.append({name: float(p.grad.detach().float().norm())
+                              for name, p in self.module.named_parameters() if p.grad is not None})
+        self.model.zero_grad(set_to_none=True)
+        self.restore(state)
+        return losses, per_batch
 
     # ------------------------------------------------------------------ plans
     def start(self, lr_factor: float = 1.0) -> None:
@@ -169,8 +171,7 @@ class Trainer:
                           enabled=progress) as bar:
             for index, (x, y) in enumerate(self.batches(train, epoch), start=1):
                 self.plan.optimizer.zero_grad(set_to_none=True)
-                loss, finite = self._forward_loss(x, y)
-                shared = self._shared_loss(loss, finite)
+                loss, shared = self._forward_loss(x, y)
                 reason = monitor.batch(shared)
                 if reason is not None:  # the flagged batch's loss counts: it is what the user should see
                     return EpochOutcome(_finite_or_none((total + shared * len(x)) / (count + len(x))), reason, index)
