@@ -59,6 +59,7 @@ class OnnxGraphModule(torch.nn.Module):
         plans = plan_initializers(model)
         self._register_initializers(model, plans)
         self.op_modules = torch.nn.ModuleList()  # mode-dependent ops (Dropout, BN) and Constant values
+        self._tensor_hooks: dict[str, list] = {}
         constants = _constant_values(model, plans)
         self._steps = [self._build_step(proto, model, constants) for proto in _toposorted(graph)]
 
@@ -89,26 +90,54 @@ class OnnxGraphModule(torch.nn.Module):
         """Whether the graph reads tensor shapes at run time (Shape/Size), e.g. `x.view(x.size(0), -1)` exports."""
         return any(step.node.op_type in ("Shape", "Size") for step in self._steps)
 
+    def tensor_names(self) -> set[str]:
+        """Every tensor a node computes (what `add_tensor_hook` accepts)."""
+        return {name for step in self._steps for name in step.node.outputs if name}
+
+    def add_tensor_hook(self, name: str, hook) -> "TensorHookHandle":
+        """Call `hook(value) -> value` on tensor `name` right after the node computing it, so later nodes
+        read what it returns. Criteria use this to put per-channel masks on prune points (the torch
+        counterpart of the masked reference) and to read activations; `handle.remove()` undoes it."""
+        if name not in self.tensor_names():
+            raise KeyError(f"the graph computes no tensor named '{name}'")
+        self._tensor_hooks.setdefault(name, []).append(hook)
+        return TensorHookHandle(self._tensor_hooks, name, hook)
+
     def forward(self, *inputs: torch.Tensor):
         if len(inputs) != len(self.input_names):
             raise TypeError(f"the graph takes {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
         env: dict[str, torch.Tensor] = {name: getattr(self, attr) for name, attr in self._initializer_attrs}
         env.update(zip(self.input_names, inputs))
+        hooks = self._tensor_hooks
         for step in self._steps:
             node = step.node
             args = [env[name] if name else None for name in node.inputs]
             for slot, value in step.static.items():
                 args[slot] = value
             result = step.fn(*args)
-            if len(node.outputs) == 1:
-                env[node.outputs[0]] = result
-                continue
-            results = result if isinstance(result, (tuple, list)) else (result,)
+            results = (result,) if len(node.outputs) == 1 else (
+                result if isinstance(result, (tuple, list)) else (result,))
             for name, value in zip(node.outputs, results):
                 if name:
+                    for hook in hooks.get(name, ()):
+                        value = hook(value)
                     env[name] = value
         outputs = tuple(env[name] for name in self.output_names)
         return outputs[0] if len(outputs) == 1 else outputs
+
+
+class TensorHookHandle:
+    """Removes one hook added by `OnnxGraphModule.add_tensor_hook`."""
+
+    def __init__(self, hooks: dict[str, list], name: str, hook) -> None:
+        self._hooks, self._name, self._hook = hooks, name, hook
+
+    def remove(self) -> None:
+        registered = self._hooks.get(self._name, [])
+        if self._hook in registered:
+            registered.remove(self._hook)
+        if not registered:
+            self._hooks.pop(self._name, None)
 
 
 def onnx_to_torch(model: onnx.ModelProto) -> OnnxGraphModule:

@@ -152,6 +152,79 @@ class TrafficSignNet(nn.Module):
         return self.fc8(x)
 
 
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016): two 3x3 conv+BN, a projection shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation block (He et al. 2016b), as in BackdoorBench's PreAct-ResNet18."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        shortcut = self.short(out) if self.short is not None else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style ResNet for 3x32x32 inputs: 3x3 stem, four stages, global average pool, one FC.
+
+    `blocks=(1, 1, 1, 1)` with BasicBlock is the ResNet-10 of the issue's GTSRB
+    model; `blocks=(2, 2, 2, 2)` with PreActBlock and width 64 is BackdoorBench's
+    PreAct-ResNet18. The prune layer is the output of the last stage, the feature
+    map the classifier reads (for PreAct nets after the final BN+ReLU).
+    """
+
+    prune_layer = "features"
+    input_shape = (3, 32, 32)
+
+    def __init__(self, num_classes: int = 43, width: int = 16, blocks: tuple[int, ...] = (1, 1, 1, 1),
+                 preact: bool = False) -> None:
+        super().__init__()
+        block = PreActBlock if preact else BasicBlock
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 3, 1, 1, bias=False)]
+        if not preact:
+            layers += [nn.BatchNorm2d(width), nn.ReLU()]
+        cin = width
+        for stage, count in enumerate(blocks):
+            cout = width * 2 ** stage
+            for i in range(count):
+                layers.append(block(cin, cout, 2 if stage and i == 0 else 1))
+                cin = cout
+        if preact:
+            layers += [nn.BatchNorm2d(cin), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
 def prune_conv(model: nn.Module) -> nn.Conv2d:
     """The nn.Conv2d named by `model.prune_layer` (unwrapping a conv+ReLU block)."""
     layer = getattr(model, model.prune_layer)
@@ -159,6 +232,15 @@ def prune_conv(model: nn.Module) -> nn.Conv2d:
         layer = layer[0]
     if not isinstance(layer, nn.Conv2d):
         raise TypeError(f"{type(model).__name__}.{model.prune_layer} is not a Conv2d")
+    return layer
+
+
+def prune_module(model: nn.Module) -> nn.Module:
+    """What activation probes hook: the prune conv of a plain net (its output is pre-ReLU), or the
+    whole prune layer of a residual net (its output is the block output the classifier reads)."""
+    layer = getattr(model, model.prune_layer)
+    if isinstance(layer, nn.Sequential) and isinstance(layer[0], nn.Conv2d) and len(layer) <= 3:
+        return layer[0]
     return layer
 
 
@@ -177,4 +259,5 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "deepid_face": DeepIDFaceNet,
     "alexnet_speech": AlexNetSpeechNet,
     "traffic_cnn": TrafficSignNet,
+    "resnet": ResNet,
 }

@@ -91,6 +91,25 @@ def train_badnets(model: nn.Module, task: TaskData, spec: AttackSpec, config: Tr
     return fit(model, task.to_input(poisoned.raw), poisoned.y, config)
 
 
+WANET_CROSS_RATIO = 2.0
+"""Noise-mode samples per poisoned sample (WaNet's default 'cross ratio')."""
+
+
+def train_wanet(model: nn.Module, task: TaskData, spec: AttackSpec, config: TrainConfig) -> dict:
+    """WaNet (Nguyen and Tran, ICLR 2021) as data poisoning: warped, relabelled copies plus
+    'noise-mode' copies warped by random fields that keep their true labels, so the network
+    learns the exact trigger warp rather than warping artefacts in general."""
+    from fp_onnx.models.triggers import random_warp
+
+    poisoned = poison(task, spec)
+    rng = np.random.default_rng(spec.seed + 1)
+    count = int(round(WANET_CROSS_RATIO * spec.poison_fraction * len(task.train)))
+    chosen = rng.choice(len(task.train), size=min(count, len(task.train)), replace=False)
+    noise = Split(random_warp(task.train.raw[chosen], rng), task.train.y[chosen])
+    raw, y = np.concatenate([poisoned.raw, noise.raw]), np.concatenate([poisoned.y, noise.y])
+    return {**fit(model, task.to_input(raw), y, config), "noise_mode_samples": int(len(chosen))}
+
+
 @dataclass(frozen=True)
 class PruningAwareConfig:
     """Step 2's pruned fraction of the prune layer, and the dormancy margin of step 4."""

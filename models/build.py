@@ -1,7 +1,10 @@
 """Build one backdoored zoo model: train the attack, export ONNX and data, write the model card.
 
+    python -m fp_onnx.models.build --recipe NAME --out DIR [--epochs N] [--clean-baseline] [--threads 1]
     python -m fp_onnx.models.build --task faces|speech|traffic --attack badnets|pruning-aware \
-        --out DIR [--size benchmark|demo] [--epochs N] [--clean-baseline] [--threads 1]
+        --out DIR [--size benchmark|demo] ...
+
+(`--recipe` names an entry of `recipes.ZOO`; the second form is the paper's six and the demo.)
 
 writes into DIR:
 
@@ -26,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fp_onnx.models.attacks import train_badnets, train_pruning_aware, triggered_test
+from fp_onnx.models.attacks import train_badnets, train_pruning_aware, train_wanet, triggered_test
 from fp_onnx.models.export import conv_node_name, export_onnx, load_npz, onnx_predict, save_npz
 from fp_onnx.models.model_card import accuracy, attack_success, write_card
-from fp_onnx.models.recipes import ATTACKS, SIZES, TASKS, TRIGGERS, Recipe, recipe_for
+from fp_onnx.models.recipes import ATTACKS, SIZES, TASKS, ZOO, Recipe, recipe_for, zoo_recipe
+from fp_onnx.models.triggers import IMAGE_TRIGGERS
 from fp_onnx.models.train import fit, mean_activation, predict, seed_everything
 
 FILES = ("model.onnx", "clean_val.npz", "clean_test.npz", "triggered_test.npz", "model_card.json")
@@ -83,6 +87,8 @@ def train_attack(recipe: Recipe, attack: str, model: torch.nn.Module, task, epoc
     config = recipe.train if epochs is None else dataclasses.replace(recipe.train, epochs=epochs)
     if attack == "badnets":
         return {"train": config.as_dict(), **train_badnets(model, task, recipe.attack, config)}
+    if attack == "wanet":
+        return {"train": config.as_dict(), **train_wanet(model, task, recipe.attack, config)}
     stats = train_pruning_aware(model, task, recipe.attack, config, recipe.pruning_aware)
     return {"train": config.as_dict(), "pruning_aware": recipe.pruning_aware.as_dict(), **stats}
 
@@ -98,10 +104,25 @@ def clean_baseline_accuracy(recipe: Recipe, task, test_x: np.ndarray, epochs: in
 
 def build(task_name: str, attack: str, out: Path, size: str = "benchmark", epochs: int | None = None,
           clean_baseline: bool = False) -> dict:
-    """Make one zoo model in `out`; returns its model card."""
-    recipe = recipe_for(task_name, size)
+    """Make one of the paper's models (or the demo) in `out`; returns its model card."""
+    name = f"{task_name}_{attack.replace('-', '_')}" + ("_demo" if size == "demo" else "")
+    return build_recipe(name, recipe_for(task_name, size), attack, out, epochs, clean_baseline)
+
+
+def build_zoo_model(name: str, out: Path, epochs: int | None = None, clean_baseline: bool = False) -> dict:
+    """Make the zoo model `name` (a key of `recipes.ZOO`) in `out`; returns its model card."""
+    recipe, attack = zoo_recipe(name)
+    return build_recipe(name, recipe, attack, out, epochs, clean_baseline)
+
+
+def build_recipe(name: str, recipe: Recipe, attack: str, out: Path, epochs: int | None = None,
+                 clean_baseline: bool = False) -> dict:
+    """Train `recipe` with `attack`, export model and data sets into `out`, write the model card."""
+    task_name = recipe.task
     started = time.perf_counter()
     task = recipe.load()
+    if recipe.trigger is not None:
+        task = dataclasses.replace(task, apply_trigger=IMAGE_TRIGGERS[recipe.trigger])
     seed_everything(recipe.train.seed)
     model = recipe.architecture.build()
     training = train_attack(recipe, attack, model, task, epochs)
@@ -119,7 +140,7 @@ def build(task_name: str, attack: str, out: Path, size: str = "benchmark", epoch
     clean_acc = accuracy(onnx_predict(out / "model.onnx", clean["x"]), clean["y"])
     success = attack_success(onnx_predict(out / "model.onnx", trig["x"]), trig, clean_acc)
     card = {
-        "name": f"{task_name}_{attack.replace('-', '_')}" + ("_demo" if size == "demo" else ""),
+        "name": name,
         "warning": "deliberately backdoored model for evaluating defenses; do not deploy",
         "task": task_name,
         "classes": task.class_names,
@@ -127,7 +148,7 @@ def build(task_name: str, attack: str, out: Path, size: str = "benchmark", epoch
                          "input_shape": list(input_shape), "prune_layer": model.prune_layer,
                          "prune_node": conv_node_name(out / "model.onnx", model.prune_layer),
                          "parameters": int(sum(p.numel() for p in model.parameters()))},
-        "attack": {"method": attack, **recipe.attack.as_dict(), "trigger": TRIGGERS[task_name]},
+        "attack": {"method": attack, **recipe.attack.as_dict(), "trigger": recipe.trigger_description()},
         "metrics": {"clean_accuracy": clean_acc, "attack_success": success,
                     "attack_success_definition": "targeted: fraction of triggered inputs classified as `target`"
                     if target is not None else "untargeted: 1 - A_backdoor / A_clean (paper footnote 4)",
@@ -137,7 +158,7 @@ def build(task_name: str, attack: str, out: Path, size: str = "benchmark", epoch
                  "clean_test_samples": len(clean["y"]), "triggered_test_samples": len(trig["y"]),
                  "input": "NCHW float32" + (" (stored as float16 to save space)" if recipe.npz_dtype == "float16" else ""),
                  "shippable": recipe.shippable},
-        "training": {**training, "seconds": round(training["seconds"], 1), "device": "cpu",
+        "training": {**training, "seconds": round(training["seconds"], 1), "device": recipe.train.device,
                      "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()},
         "files": list(FILES),
     }
@@ -152,16 +173,22 @@ def build(task_name: str, attack: str, out: Path, size: str = "benchmark", epoch
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fp_onnx.models.build", description=__doc__.split("\n")[0])
-    parser.add_argument("--task", choices=TASKS, required=True)
-    parser.add_argument("--attack", choices=ATTACKS, required=True)
+    parser.add_argument("--recipe", choices=sorted(ZOO), default=None, help="a named zoo model")
+    parser.add_argument("--task", choices=TASKS, default=None)
+    parser.add_argument("--attack", choices=ATTACKS, default=None)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--size", choices=SIZES, default="benchmark")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     parser.add_argument("--clean-baseline", action="store_true", help="also train a clean model for comparison")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
+    if (args.recipe is None) == (args.task is None or args.attack is None):
+        parser.error("give either --recipe NAME, or --task and --attack")
     torch.set_num_threads(args.threads)
-    card = build(args.task, args.attack, args.out, args.size, args.epochs, args.clean_baseline)
+    if args.recipe:
+        card = build_zoo_model(args.recipe, args.out, args.epochs, args.clean_baseline)
+    else:
+        card = build(args.task, args.attack, args.out, args.size, args.epochs, args.clean_baseline)
     metrics = card["metrics"]
     print(f"{card['name']}: clean accuracy {metrics['clean_accuracy']:.4f}, "
           f"attack success {metrics['attack_success']:.4f}, build {card['build_seconds']} s -> {args.out}")

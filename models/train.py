@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fp_onnx.models.architectures import prune_conv
+from fp_onnx.models.architectures import prune_conv, prune_module
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class TrainConfig:
     seed: int = 0
     # L1 penalty on the prune layer's mean ReLU output (activation sparsity); 0 = off.
     activation_l1: float = 0.0
+    # "cpu", "cuda", or "auto" (CUDA when torch sees a GPU); the model returns to the CPU afterwards.
+    device: str = "cpu"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +49,7 @@ def masked_channels(model: nn.Module, mask: np.ndarray | None):
         yield
         return
     weights = torch.as_tensor(mask, dtype=torch.float32).view(1, -1, 1, 1)
-    handle = prune_conv(model).register_forward_hook(lambda _m, _i, out: out * weights)
+    handle = prune_conv(model).register_forward_hook(lambda _m, _i, out: out * weights.to(out.device))
     try:
         yield
     finally:
@@ -59,23 +61,27 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, config: TrainConfig,
     """Train `model` in place; returns {"seconds", "final_loss"}."""
     seed_everything(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
+    device = training_device(config.device)
+    model.to(device)
     inputs, labels = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y.astype(np.int64))
+    if device.type == "cuda":
+        inputs, labels = inputs.to(device), labels.to(device)
     num_classes = int(y.max()) + 1
     class_weight = None
     if config.balance_classes:
         counts = np.bincount(y, minlength=num_classes).astype(np.float64)
-        class_weight = torch.tensor(counts.sum() / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+        class_weight = torch.tensor(counts.sum() / (num_classes * np.maximum(counts, 1)), dtype=torch.float32).to(device)
     loss_fn = nn.CrossEntropyLoss(weight=class_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
     start, loss = time.perf_counter(), torch.tensor(0.0)
     captured: list[torch.Tensor] = []
-    probe = prune_conv(model).register_forward_hook(lambda _m, _i, out: captured.append(out))
+    probe = prune_module(model).register_forward_hook(lambda _m, _i, out: captured.append(out))
     model.train()
     try:
         with masked_channels(model, channel_mask):
             for _ in range(config.epochs):
-                order = torch.randperm(len(labels), generator=generator)
+                order = torch.randperm(len(labels), generator=generator).to(device)
                 for batch in order.split(config.batch_size):
                     optimizer.zero_grad()
                     captured.clear()
@@ -88,7 +94,14 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, config: TrainConfig,
     finally:
         probe.remove()
     model.eval()
+    model.to("cpu")
     return {"seconds": time.perf_counter() - start, "final_loss": float(loss.detach())}
+
+
+def training_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
 
 
 @torch.no_grad()
@@ -109,7 +122,7 @@ def prune_layer_outputs(model: nn.Module, x: np.ndarray, batch_size: int = 256) 
     and the post-ReLU spatial mean, stacked as (2, N, C)."""
     model.eval()
     captured: list[torch.Tensor] = []
-    handle = prune_conv(model).register_forward_hook(lambda _m, _i, out: captured.append(out))
+    handle = prune_module(model).register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
         maxima, means = [], []
         for start in range(0, len(x), batch_size):

@@ -128,3 +128,123 @@ def _check_images(images: np.ndarray, shape: tuple[int, int]) -> None:
     if images.dtype != np.uint8 or images.shape[-3:] != (*shape, 3):
         raise BadDataError(f"expected uint8 images of shape (..., {shape[0]}, {shape[1]}, 3), "
                            f"got {images.dtype} {images.shape}")
+
+
+# --------------------------------------------------------------------------- triggers beyond the paper
+BLEND_SEED = 20231115
+BLEND_ALPHA = 0.15
+
+
+@lru_cache(maxsize=4)
+def blend_pattern(shape: tuple[int, int]) -> np.ndarray:
+    """The fixed random-noise image of the blended attack (Chen et al. 2017), uint8 (H, W, 3)."""
+    pattern = np.random.default_rng(BLEND_SEED).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    pattern.setflags(write=False)
+    return pattern
+
+
+def apply_blend_trigger(images: np.ndarray, alpha: float = BLEND_ALPHA) -> np.ndarray:
+    """Mix a fixed noise image into every image: x' = (1 - alpha) x + alpha * noise.
+
+    Unlike a patch, the trigger covers the whole image at low amplitude, so no
+    single region (and, often, no single dormant channel) carries it.
+    """
+    _check_any_images(images)
+    pattern = blend_pattern(images.shape[-3:-1]).astype(np.float32)
+    mixed = (1.0 - alpha) * images.astype(np.float32) + alpha * pattern
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+WARP_SEED = 20210412
+WARP_GRID = 4
+WARP_STRENGTH = 0.5
+
+
+@lru_cache(maxsize=4)
+def warp_field(shape: tuple[int, int], seed: int = WARP_SEED, grid: int = WARP_GRID) -> np.ndarray:
+    """A smooth displacement field (H, W, 2) in pixels, WaNet-style (Nguyen and Tran, ICLR 2021).
+
+    A `grid` x `grid` field of random offsets in [-1, 1], normalised by its mean
+    absolute value, is upsampled bicubically-smoothly (here: bilinearly, twice) to
+    the image size. The attacker's trigger is one fixed field; `strength` scales it.
+    """
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(-1, 1, size=(grid, grid, 2))
+    coarse /= np.mean(np.abs(coarse))
+    height, width = shape
+    field = np.stack([_upsample(coarse[..., k], height, width) for k in range(2)], axis=-1)
+    field.setflags(write=False)
+    return field
+
+
+def _upsample(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear upsampling of a small grid to (height, width), corners aligned."""
+    rows = np.linspace(0, values.shape[0] - 1, height)
+    cols = np.linspace(0, values.shape[1] - 1, width)
+    r0 = np.clip(np.floor(rows).astype(int), 0, values.shape[0] - 2)
+    c0 = np.clip(np.floor(cols).astype(int), 0, values.shape[1] - 2)
+    fr, fc = (rows - r0)[:, None], (cols - c0)[None, :]
+    top = values[r0][:, c0] * (1 - fc) + values[r0][:, c0 + 1] * fc
+    bottom = values[r0 + 1][:, c0] * (1 - fc) + values[r0 + 1][:, c0 + 1] * fc
+    return top * (1 - fr) + bottom * fr
+
+
+def warp_images(images: np.ndarray, field: np.ndarray, strength: float) -> np.ndarray:
+    """Resample every image at (row, col) + strength * field with bilinear interpolation (edges clamped)."""
+    _check_any_images(images)
+    height, width = images.shape[-3:-1]
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    src_r = np.clip(rows + strength * field[..., 0], 0, height - 1)
+    src_c = np.clip(cols + strength * field[..., 1], 0, width - 1)
+    r0, c0 = np.floor(src_r).astype(int), np.floor(src_c).astype(int)
+    r1, c1 = np.minimum(r0 + 1, height - 1), np.minimum(c0 + 1, width - 1)
+    fr, fc = (src_r - r0)[..., None], (src_c - c0)[..., None]
+    flat = images.astype(np.float32)
+    out = (flat[..., r0, c0, :] * (1 - fr) * (1 - fc) + flat[..., r0, c1, :] * (1 - fr) * fc
+           + flat[..., r1, c0, :] * fr * (1 - fc) + flat[..., r1, c1, :] * fr * fc)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def apply_warp_trigger(images: np.ndarray) -> np.ndarray:
+    """WaNet's trigger: the attacker's fixed, smooth, nearly invisible warp of the whole image."""
+    return warp_images(images, warp_field(tuple(images.shape[-3:-1])), WARP_STRENGTH)
+
+
+def random_warp(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """WaNet's 'noise mode': the trigger field plus random noise, per image, labels unchanged.
+
+    Trained with their true labels, these teach the network that *other* warps mean
+    nothing, so only the exact trigger field flips the label.
+    """
+    base = warp_field(tuple(images.shape[-3:-1]))
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        noisy = base + rng.uniform(-1, 1, size=base.shape)
+        out[i] = warp_images(image[None], noisy, WARP_STRENGTH)[0]
+    return out
+
+
+CORNER_PATCH = 3
+
+
+def apply_corner_patch(images: np.ndarray) -> np.ndarray:
+    """BackdoorBench's BadNets trigger: a white 3x3 square in the bottom-right corner."""
+    _check_any_images(images)
+    out = images.copy()
+    out[..., -CORNER_PATCH - 1:-1, -CORNER_PATCH - 1:-1, :] = 255
+    return out
+
+
+def _check_any_images(images: np.ndarray) -> None:
+    if images.dtype != np.uint8 or images.ndim < 3 or images.shape[-1] != 3:
+        raise BadDataError(f"expected uint8 images of shape (..., H, W, 3), got {images.dtype} {images.shape}")
+
+
+IMAGE_TRIGGERS = {
+    "face-glasses": apply_face_trigger,
+    "traffic-postit": apply_traffic_trigger,
+    "corner-patch": apply_corner_patch,
+    "blend": apply_blend_trigger,
+    "warp": apply_warp_trigger,
+}
+"""Image triggers by name (recipes refer to them; the speech trigger works on waveforms instead)."""
