@@ -1,67 +1,82 @@
-"""Reproduce the paper's Table 1 and Fig. 6 on our six zoo models, through fp-onnx's public API.
+"""The defense benchmark: every zoo model x every method, through fp-onnx's public API.
 
-For each task (faces / speech / traffic signs) and attack (BadNets baseline / pruning-aware),
-the backdoored ONNX model is built with `python -m fp_onnx.models.build` if it is not there
-yet (into out/zoo/, git-ignored: faces and GTSRB data must not be committed), then defended
-with `fp_onnx.defense.fine_prune(..., baselines=True)`, which measures None / Pruning /
-Fine-Tuning / Fine-Pruning. The prune point is the paper's: conv3 for DeepID, conv5 for the
-AlexNet-style speech net and the traffic-sign CNN.
+For each backdoored zoo model (`python -m fp_onnx.models.build --recipe NAME`, into a
+git-ignored folder: faces, GTSRB and CIFAR data must not be committed) and each method,
+`fp_onnx.defense.fine_prune` defends the model with the defender's clean set only,
+at most a tenth of the vendor's training set and at most 2,000 samples (the issue's
+rule), and the result is measured on the clean and triggered test sets:
 
-    python bench/reproduce_paper.py [--zoo out/zoo] [--tasks faces speech traffic] [--epochs N] [--device cpu]
+* `paper`: the paper's method exactly, with the pruning-only and fine-tuning-only
+  baselines (the paper's Table 1 row);
+* `recommended`: fp-onnx's default method (`fp_onnx.methods`);
+* `rank:<criterion>`: each ranking criterion with the paper's recovery;
+* `recover:<recipe>`: each recovery recipe after the paper's ranking.
 
-Writes docs/results.md (our Table 1 next to the paper's, goals met or missed, timings),
-docs/figures/prune_curve_<task>_<attack>.png (Fig. 6) and bench/results/reproduce_paper.json.
-Needs ../shared/data (see models/datasets.py); it is a benchmark, not a test.
+    python bench/reproduce_paper.py --zoo out/zoo [--models ...] [--methods ...] [--device cpu]
+
+Every (model, method) result is cached in bench/results/defense_zoo/ (delete a file to
+rerun it), so the benchmark can run in pieces. Writes docs/results.md (tables, goals met
+or missed, Fig. 6 curves into docs/figures/) and bench/results/reproduce_paper.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from fp_onnx.data import open_dataset
 from fp_onnx.defense import DefenseConfig, fine_prune
 from fp_onnx.finetune import FineTuneConfig
 from fp_onnx.loading import load_model
+from fp_onnx.methods import METHODS
 from fp_onnx.metrics import AttackSpec
 from fp_onnx.prune import StopRule
-from fp_onnx.prune_point import find_prune_points, resolve_prune_point
+from fp_onnx.prune_point import resolve_prune_point
+from fp_onnx.ranking import CRITERIA
+from fp_onnx.recipes import RECIPES
 from fp_onnx.report import library_versions
 from fp_onnx.reporting import plot_outcome_curve
 from fp_onnx.runtime import RuntimeOptions
 
 ROOT = Path(__file__).resolve().parents[1]
-ATTACKS = ("badnets", "pruning-aware")
-TASK_NAMES = {"faces": "Face recognition (DeepID, 21 identities)", "speech": "Speech recognition (AlexNet, FSDD)",
-              "traffic": "Traffic signs (CNN, GTSRB 3 classes)"}
-PAPER_TABLE1 = {  # (cl, bd) for None / Fine-Tuning / Fine-Pruning, paper Table 1
-    ("faces", "badnets"): [(0.978, 1.000), (0.978, 0.000), (0.978, 0.000)],
-    ("speech", "badnets"): [(0.990, 0.770), (0.990, 0.435), (0.988, 0.020)],
-    ("traffic", "badnets"): [(0.849, 0.991), (0.857, 0.921), (0.873, 0.288)],
-    ("faces", "pruning-aware"): [(0.974, 0.998), (0.978, 0.000), (0.977, 0.000)],
-    ("speech", "pruning-aware"): [(0.988, 0.780), (0.988, 0.520), (0.986, 0.000)],
-    ("traffic", "pruning-aware"): [(0.820, 0.899), (0.872, 0.419), (0.874, 0.366)],
+CACHE = ROOT / "bench" / "results" / "defense_zoo"
+DEFENDER_SHARE, DEFENDER_MAX = 0.10, 2000
+PAPER_TABLE1 = {  # (clean, attack success) for None / Fine-Tuning / Fine-Pruning, paper Table 1
+    "faces_badnets": [(0.978, 1.000), (0.978, 0.000), (0.978, 0.000)],
+    "speech_badnets": [(0.990, 0.770), (0.990, 0.435), (0.988, 0.020)],
+    "traffic_badnets": [(0.849, 0.991), (0.857, 0.921), (0.873, 0.288)],
+    "faces_pruning_aware": [(0.974, 0.998), (0.978, 0.000), (0.977, 0.000)],
+    "speech_pruning_aware": [(0.988, 0.780), (0.988, 0.520), (0.986, 0.000)],
+    "traffic_pruning_aware": [(0.820, 0.899), (0.872, 0.419), (0.874, 0.366)],
 }
-PAPER_PRUNING_BASELINE = {"faces": 0.0, "speech": 0.13, "traffic": 0.35}  # attack success after pruning, §3.1
+BACKDOORBENCH = {  # BackdoorBench v1, CIFAR-10, PreAct-ResNet18, BadNets 10 %: (clean, attack success)
+    "no defense": (0.9132, 0.9503), "fine-pruning": (0.9131, 0.5713), "fine-tuning": (0.8996, 0.0148)}
 
 
-def ensure_model(zoo: Path, task: str, attack: str, epochs: int | None, build: bool) -> tuple[Path | None, float]:
-    """The zoo model's folder (built now if missing and `build`), and the seconds building took."""
-    folder = zoo / f"{task}_{attack.replace('-', '_')}"
-    if (folder / "model_card.json").exists():
-        return folder, 0.0
-    if not build:
-        return None, 0.0
-    started = time.perf_counter()
-    command = [sys.executable, "-m", "fp_onnx.models.build", "--task", task, "--attack", attack, "--out", str(folder),
-               "--clean-baseline"]
-    if epochs:
-        command += ["--epochs", str(epochs)]
-    subprocess.run(command, check=True)
-    return folder, time.perf_counter() - started
+def method_names() -> list[str]:
+    return (["paper", "recommended"] + [f"rank:{c}" for c in sorted(CRITERIA) if c != "activation"]
+            + [f"recover:{r}" for r in sorted(RECIPES) if r != "paper"])
+
+
+def method_config(name: str, device: str) -> DefenseConfig:
+    """The DefenseConfig a benchmark method stands for (the CLI builds the same from its flags)."""
+    finetune = FineTuneConfig(device=device)
+    if name in METHODS:
+        method = METHODS[name]
+        return DefenseConfig(rule=StopRule("threshold", method.threshold),
+                             finetune=replace(finetune, recipe=method.recover[0]), rank=method.rank,
+                             method=name, fallback_recipes=method.recover[1:], baselines=name == "paper")
+    kind, value = name.split(":")
+    paper = METHODS["paper"]
+    if kind == "rank":
+        return DefenseConfig(rule=StopRule("threshold", paper.threshold), finetune=finetune, rank=value, method=name)
+    return DefenseConfig(rule=StopRule("threshold", paper.threshold), finetune=replace(finetune, recipe=value),
+                         method=name)
 
 
 def attack_of(card: dict) -> AttackSpec:
@@ -71,87 +86,89 @@ def attack_of(card: dict) -> AttackSpec:
     return AttackSpec("targeted", card["attack"]["target"] if kind == "all_to_one" else None)
 
 
-def paper_prune_point(model, architecture: dict):
-    """The Conv the paper prunes: the card's `prune_node`, else found by the torch module name."""
-    if "prune_node" in architecture:
-        return resolve_prune_point(model, architecture["prune_node"])
-    layer = architecture["prune_layer"]
-    return next(p for p in find_prune_points(model) if f"/{layer}/" in p.conv or p.conv.endswith(f"/{layer}"))
+def defender_data(folder: Path, card: dict):
+    """The defender's clean set: a seeded sample of the held-out clean split, at most 10 % of the vendor's
+    training set and at most 2,000 samples."""
+    clean = open_dataset(folder / "clean_val.npz")
+    limit = min(len(clean), int(round(DEFENDER_SHARE * card["data"]["train_samples"])), DEFENDER_MAX)
+    if limit >= len(clean):
+        return clean
+    return clean.subset(np.sort(np.random.default_rng(0).permutation(len(clean))[:limit]))
 
 
-def defend(folder: Path, device: str) -> dict:
+def run_one(folder: Path, method: str, device: str, figures: Path) -> dict:
     card = json.loads((folder / "model_card.json").read_text())
     model = load_model(folder / "model.onnx").model
-    point = paper_prune_point(model, card["architecture"])
-    config = DefenseConfig(rule=StopRule("threshold", 0.04), finetune=FineTuneConfig(device=device), baselines=True)
+    point = resolve_prune_point(model, None)
+    clean = defender_data(folder, card)
     started = time.perf_counter()
-    result = fine_prune(model, point, open_dataset(folder / "clean_val.npz"), test=open_dataset(folder / "clean_test.npz"),
-                        triggered=open_dataset(folder / "triggered_test.npz"), attack=attack_of(card), config=config,
-                        options=RuntimeOptions(device=device))
-    return {"card": card, "point": point.conv, "result": result, "seconds": time.perf_counter() - started}
+    result = fine_prune(model, point, clean, test=open_dataset(folder / "clean_test.npz"),
+                        triggered=open_dataset(folder / "triggered_test.npz"), attack=attack_of(card),
+                        config=method_config(method, device), options=RuntimeOptions(device=device))
+    seconds = time.perf_counter() - started
+    safe = method.replace(":", "_")
+    plot_outcome_curve(figures / f"prune_curve_{folder.name}_{safe}.png", result.prune,
+                       f"{folder.name}: {method} ({result.prune.curve.sweep_method})")
+    table = {name: row.to_dict() for name, row in result.table.items()}
+    return {"model": folder.name, "method": method, "seconds": seconds, "prune_point": point.tensor,
+            "defender_samples": len(clean), "vendor": card["metrics"], "table": table,
+            "channels_pruned": result.prune.channels_pruned, "channels": result.prune.curve.channels,
+            "recover": result.method, "finetune": {k: result.finetune.to_dict()[k]
+                                                   for k in ("best_epoch", "failure", "recoveries", "final_lr")},
+            "curve": result.prune.curve.to_dict()}
 
 
-def row_text(table: dict, name: str) -> str:
-    row = table[name]
-    return f"{row.clean_accuracy:.3f} / {row.attack_success:.3f}"
+def cell(row: dict | None) -> str:
+    if row is None:
+        return "–"
+    return f"{row['clean_accuracy']:.3f} / {row['attack_success']:.3f}"
 
 
-def goals(task: str, attack: str, outcome: dict) -> list[str]:
-    """The issue's goals, each marked met or missed with the margin."""
-    table, card = outcome["result"].table, outcome["card"]
-    notes = []
-    none, fp, pruning = table["none"], table["fine-pruning"], table["pruning"]
-    if attack == "badnets":
-        baseline = card.get("clean_baseline", {}).get("clean_accuracy")
-        notes.append(_goal(none.attack_success >= 0.90, f"attack success {none.attack_success:.3f} (goal >= 0.90)"))
-        if baseline is not None:
-            gap = baseline - none.clean_accuracy
-            notes.append(_goal(gap <= 0.02, f"clean accuracy {none.clean_accuracy:.3f} vs clean model {baseline:.3f} "
-                                            f"(gap {gap:+.3f}, goal <= 0.02)"))
-    if task != "traffic":
-        notes.append(_goal(fp.attack_success <= 0.05, f"fine-pruning attack success {fp.attack_success:.3f} (goal <= 0.05)"))
-    drop = none.clean_accuracy - fp.clean_accuracy
-    notes.append(_goal(drop <= 0.01 + 1e-9, f"fine-pruning clean-accuracy drop {drop:+.3f} (goal <= 0.01)"))
-    if attack == "pruning-aware":
-        notes.append(_goal(pruning.attack_success >= 0.5 * none.attack_success,
-                           f"pruning alone leaves attack success {pruning.attack_success:.3f} of {none.attack_success:.3f} "
-                           "(paper: pruning fails against this attack)"))
-    return notes
+def meets_goal(run: dict) -> bool:
+    """The issue's goal: attack success <= 5 % and at most 2 points of clean accuracy below the vendor's."""
+    row, vendor = run["table"]["fine-pruning"], run["table"]["none"]
+    return row["attack_success"] <= 0.05 + 1e-9 and vendor["clean_accuracy"] - row["clean_accuracy"] <= 0.02 + 1e-9
 
 
-def _goal(met: bool, text: str) -> str:
-    return ("met: " if met else "MISSED: ") + text
-
-
-def write_results(outcomes: dict, build_seconds: dict, missing: list[str], args) -> None:
-    lines = ["# Reproducing the paper's Table 1 and Fig. 6", "",
-             "Produced by `python bench/reproduce_paper.py` (numbers below are from the last run; see "
-             "`bench/results/reproduce_paper.json`). Each cell is **clean accuracy / attack success rate**, "
-             "clean accuracy on the held-out clean test set, attack success on the triggered test set "
-             "(targeted: fraction classified as the target; untargeted: 1 - A_backdoor / A_clean). Stop rule: "
-             "clean validation accuracy may drop by at most 0.04 (absolute), as in the paper. Defaults of "
-             "`fp-onnx fine-prune` otherwise.", "",
-             "| task | attack | None | Pruning | Fine-Tuning | Fine-Pruning | paper None | paper Fine-Tuning | paper Fine-Pruning |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for (task, attack), outcome in outcomes.items():
-        table = outcome["result"].table
-        paper = PAPER_TABLE1[task, attack]
-        cells = [row_text(table, name) for name in ("none", "pruning", "fine-tuning", "fine-pruning")]
-        paper_cells = [f"{cl:.3f} / {bd:.3f}" for cl, bd in paper]
-        lines.append(f"| {task} | {attack} | " + " | ".join(cells + paper_cells) + " |")
-    lines += ["", "## Goals", ""]
-    for (task, attack), outcome in outcomes.items():
-        lines.append(f"- **{task}, {attack}** (prune point `{outcome['point']}`, "
-                     f"{outcome['result'].prune.channels_pruned}/{outcome['result'].prune.curve.channels} channels "
-                     f"pruned): " + "; ".join(goals(task, attack, outcome)))
-    lines += ["", "## Prune curves (Fig. 6)", ""]
-    for (task, attack) in outcomes:
-        lines.append(f"![{task} {attack}](figures/prune_curve_{task}_{attack.replace('-', '_')}.png)")
-    lines += ["", "## Cost", "", "| task | attack | build (train) s | defense s (incl. baselines) |", "| --- | --- | --- | --- |"]
-    for (task, attack), outcome in outcomes.items():
-        lines.append(f"| {task} | {attack} | {build_seconds.get((task, attack), 0):.0f} | {outcome['seconds']:.0f} |")
-    if missing:
-        lines += ["", "Not run (zoo model not built when this ran): " + "; ".join(missing) + "."]
+def write_results(runs: list[dict], methods: list[str], args) -> None:
+    by = {(r["model"], r["method"]): r for r in runs}
+    models = sorted({r["model"] for r in runs})
+    lines = ["# Defense results: zoo models x methods", "",
+             "Produced by `python bench/reproduce_paper.py` (cached per model and method in "
+             "`bench/results/defense_zoo/`). Each cell is **clean accuracy / attack success** of the shipped model "
+             "on the held-out clean and triggered test sets (targeted: fraction classified as the attacker's label; "
+             "untargeted: 1 - A_backdoor / A_clean, paper footnote 4). The defender's clean set is at most 10 % of "
+             "the vendor's training set and at most 2,000 samples. **Bold**: the issue's goal is met (attack "
+             "success <= 0.05 and clean accuracy at most 2 points below the vendor's).", "",
+             "| model | vendor | " + " | ".join(methods) + " |", "| --- | --- | " + " | ".join("---" for _ in methods) + " |"]
+    for model in models:
+        vendor = next(by[model, m]["table"]["none"] for m in methods if (model, m) in by)
+        cells = []
+        for m in methods:
+            run = by.get((model, m))
+            text = cell(None if run is None else run["table"]["fine-pruning"])
+            cells.append(f"**{text}**" if run is not None and meets_goal(run) else text)
+        lines.append(f"| {model} | {cell(vendor)} | " + " | ".join(cells) + " |")
+    met = {m: sum(meets_goal(by[k, m]) for k in models if (k, m) in by) for m in methods}
+    ran = {m: sum((k, m) in by for k in models) for m in methods}
+    lines += ["", "Goal met: " + ", ".join(f"{m} {met[m]}/{ran[m]}" for m in methods), ""]
+    lines += ["## The paper's Table 1 (method `paper`, with its baselines)", "",
+              "| model | None | Pruning | Fine-Tuning | Fine-Pruning | paper None | paper Fine-Tuning | paper Fine-Pruning |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for model in models:
+        run = by.get((model, "paper"))
+        if run is None:
+            continue
+        ours = [cell(run["table"].get(n)) for n in ("none", "pruning", "fine-tuning", "fine-pruning")]
+        theirs = [f"{c:.3f} / {b:.3f}" for c, b in PAPER_TABLE1.get(model, [])] or ["–"] * 3
+        lines.append(f"| {model} | " + " | ".join(ours + theirs) + " |")
+    lines += ["", "BackdoorBench v1 (CIFAR-10, PreAct-ResNet18, BadNets 10 %), for reference: "
+              + "; ".join(f"{k} {c:.4f} / {b:.4f}" for k, (c, b) in BACKDOORBENCH.items()) + ".", "",
+              "## Time (seconds, whole defense incl. baselines for `paper`)", "",
+              "| model | " + " | ".join(methods) + " |", "| --- | " + " | ".join("---" for _ in methods) + " |"]
+    for model in models:
+        lines.append(f"| {model} | " + " | ".join(f"{by[model, m]['seconds']:.0f}" if (model, m) in by else "–"
+                                                  for m in methods) + " |")
     lines += ["", f"Machine: {library_versions()['platform']}, device `{args.device}`.", ""]
     (ROOT / "docs" / "results.md").write_text("\n".join(lines))
 
@@ -159,36 +176,30 @@ def write_results(outcomes: dict, build_seconds: dict, missing: list[str], args)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, default=ROOT / "out" / "zoo")
-    parser.add_argument("--tasks", nargs="+", choices=list(TASK_NAMES), default=list(TASK_NAMES))
-    parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
-    parser.add_argument("--epochs", type=int, default=None, help="override the build recipes' epochs")
+    parser.add_argument("--models", nargs="+", default=None, help="zoo folder names (default: every built one)")
+    parser.add_argument("--methods", nargs="+", default=method_names(), choices=method_names())
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
-    parser.add_argument("--no-build", action="store_true", help="skip zoo models that are not built yet")
+    parser.add_argument("--report-only", action="store_true", help="rewrite docs/results.md from the cache")
     args = parser.parse_args(argv)
     figures = ROOT / "docs" / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    outcomes, build_seconds, payload, missing = {}, {}, [], []
-    for task in args.tasks:
-        for attack in args.attacks:
-            folder, seconds = ensure_model(args.zoo, task, attack, args.epochs, not args.no_build)
-            if folder is None:
-                missing.append(f"{task}, {attack}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    folders = sorted(p.parent for p in args.zoo.glob("*/model_card.json"))
+    if args.models:
+        folders = [f for f in folders if f.name in args.models]
+    for folder in [] if args.report_only else folders:
+        for method in args.methods:
+            cached = CACHE / f"{folder.name}__{method.replace(':', '_')}.json"
+            if cached.exists():
                 continue
-            build_seconds[task, attack] = seconds or json.loads((folder / "model_card.json").read_text()).get("build_seconds", 0)
-            outcome = defend(folder, args.device)
-            outcomes[task, attack] = outcome
-            plot_outcome_curve(figures / f"prune_curve_{task}_{attack.replace('-', '_')}.png",
-                               outcome["result"].prune, f"{TASK_NAMES[task]}, {attack} attack")
-            table = outcome["result"].table
-            print(f"{task:<8}{attack:<15}" + "  ".join(f"{n}: {row_text(table, n)}" for n in table), flush=True)
-            payload.append({"task": task, "attack": attack, "prune_point": outcome["point"],
-                            "seconds": outcome["seconds"], "build_seconds": build_seconds[task, attack],
-                            "model_card_metrics": outcome["card"]["metrics"],
-                            "goals": goals(task, attack, outcome), **outcome["result"].to_dict()})
-    write_results(outcomes, build_seconds, missing, args)
-    results = ROOT / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "reproduce_paper.json").write_text(json.dumps({"versions": library_versions(), "runs": payload}, indent=2))
+            run = run_one(folder, method, args.device, figures)
+            cached.write_text(json.dumps(run, indent=1))
+            print(f"{folder.name:<24}{method:<20}{cell(run['table']['fine-pruning']):>16}  {run['seconds']:.0f} s",
+                  flush=True)
+    runs = [json.loads(p.read_text()) for p in sorted(CACHE.glob("*.json"))]
+    write_results(runs, args.methods, args)
+    (ROOT / "bench" / "results" / "reproduce_paper.json").write_text(
+        json.dumps({"versions": library_versions(), "runs": runs}, indent=1))
     print(f"wrote {ROOT / 'docs' / 'results.md'}")
     return 0
 

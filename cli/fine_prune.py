@@ -1,12 +1,13 @@
 """`fp-onnx fine-prune`: the whole defense in one command (paper §3.3)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
 import numpy as np
 
-from fp_onnx.cli.finetune_options import finetune_config_from, finetune_options
+from fp_onnx.cli.finetune_options import finetune_config_from, finetune_options, recover_option
 from fp_onnx.cli.options import (
     attack_options,
     data_option,
@@ -23,6 +24,8 @@ from fp_onnx.cli.options import (
 from fp_onnx.cli.prune import stop_rule_from, with_stop_rule
 from fp_onnx.cli.verdict_options import limits_from, max_accuracy_drop_option, max_attack_success_option
 from fp_onnx.defense import DefenseConfig, fine_prune
+from fp_onnx.methods import DEFAULT_METHOD, METHODS, resolve_method
+from fp_onnx.ranking import CRITERIA
 from fp_onnx.outputs import prepare_output_dir
 from fp_onnx.report import TABLE_NAMES
 from fp_onnx.reporting import write_defense_outputs
@@ -44,6 +47,12 @@ RESULT_MODELS = ["defended.onnx", "pruned.onnx"]
 @trigger_option
 @attack_options
 @layer_option
+@click.option("--method", type=click.Choice(list(METHODS)), default=DEFAULT_METHOD, show_default=True,
+              help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + ".")
+@click.option("--rank", type=click.Choice(sorted(CRITERIA)), default=None,
+              help="Ranking criterion, overriding the method's: activation (the paper's, one layer), rnp "
+                   "(unlearn, then recover channel masks), anp (adversarial channel perturbation).")
+@recover_option
 @finetune_options
 @max_accuracy_drop_option
 @max_attack_success_option
@@ -60,10 +69,13 @@ def command(**params) -> None:
     the vendor's, it is kept as defended.onnx.rejected and the exit code is 7; if, with
     --trigger-data, attack success stays above --max-attack-success, the same with exit 8.
     """
-    rule = stop_rule_from(params)
+    method = resolve_method(params["method"], params["rank"], params["recover"])
+    rule = stop_rule_from(params, method.threshold)
     limits = limits_from(params, rule)
-    finetune = finetune_config_from(params)
-    config = DefenseConfig(rule=rule, finetune=finetune, val_fraction=params["val_fraction"], seed=params["seed"],
+    finetune = finetune_config_from(params, method.recover[0])
+    config = DefenseConfig(rule=rule, finetune=finetune, rank=method.rank, method=method.name,
+                           fallback_recipes=method.recover[1:],
+                           val_fraction=params["val_fraction"], seed=params["seed"],
                            baselines=params["baselines"], batch_size=params["batch_size"],
                            max_accuracy_drop=limits.max_accuracy_drop)
     inputs = open_inputs(params)
@@ -76,6 +88,7 @@ def command(**params) -> None:
                         triggered=inputs.triggered, attack=inputs.attack, config=config,
                         options=options, progress=show_progress())
     settings = settings_of(params, rule, inputs.attack)
+    limits = replace(limits, max_accuracy_drop=result.max_accuracy_drop)  # resolution-aware, as training used
     written, verdict = write_defense_outputs(out_dir, result, inputs.loaded, settings,
                                              inputs.clean.take(np.arange(1)).x, limits=limits, options=options,
                                              batch_size=params["batch_size"])
@@ -100,7 +113,9 @@ def results_table(result) -> str:
         lines.append(f"{TABLE_NAMES[name]:<26}{row.clean_accuracy:>16.4f}{success:>16}")
     prune, tuned = result.prune, result.finetune
     recoveries = f", {tuned.describe_recoveries()}" if tuned.recoveries else ""
-    lines.append(f"(clean accuracy on {result.evaluated_on} data; pruned {prune.channels_pruned} of "
+    lines.append(f"(method {result.method.get('name')}: rank {result.method.get('rank')}, recover "
+                 f"{result.method.get('recover')}; clean accuracy on {result.evaluated_on} data; "
+                 f"pruned {prune.channels_pruned} of "
                  f"{prune.curve.channels} channels; fine-tuned {tuned.best_epoch} epoch(s){recoveries}; "
                  f"signature {'matches the vendor' if not result.signature_problems else 'DIFFERS'})")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from fp_onnx.cli.finetune_options import finetune_config_from, finetune_options
+from fp_onnx.cli.finetune_options import finetune_config_from, finetune_options, recover_option
 from fp_onnx.cli.options import (
     data_option,
     dataset_from,
@@ -17,6 +17,7 @@ from fp_onnx.cli.options import (
     show_progress,
 )
 from fp_onnx.cli.verdict_options import max_accuracy_drop_from, max_accuracy_drop_option
+from fp_onnx.guard import max_accuracy_drop_for
 from fp_onnx.data import split_dataset
 from fp_onnx.distributed import DistributedContext
 from fp_onnx.finetune import fine_tune
@@ -35,6 +36,7 @@ MODEL_NAME = "finetuned.onnx"
 @click.option("--val", "val_path", type=click.Path(path_type=Path), default=None,
               help="Clean labelled validation data for early stopping (default: hold out --val-fraction of --data).")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@recover_option
 @finetune_options
 @max_accuracy_drop_option
 @out_option
@@ -48,14 +50,15 @@ def command(**params) -> None:
     its name; one with non-finite outputs or clean accuracy more than
     --max-accuracy-drop below the vendor's is kept as finetuned.onnx.rejected (exit 7).
     """
-    config = finetune_config_from(params)
-    max_drop = max_accuracy_drop_from(params)
+    config = finetune_config_from(params, params["recover"] or "paper")
+    max_accuracy_drop_from(params)  # a bad --max-accuracy-drop fails before any work
     loaded = load_from(params)
     data = dataset_from(params, params["data_path"])
     if params["val_path"]:
         train, val = data, dataset_from(params, params["val_path"])
     else:
         train, val = split_dataset(data, params["val_fraction"], config.seed)
+    max_drop = max_accuracy_drop_for(params.get("max_accuracy_drop"), None, len(val))
     context = DistributedContext.from_environment()
     out_dir = prepare_output_dir(params["out_dir"]) if context.is_main else None
     if context.is_main:

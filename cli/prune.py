@@ -17,6 +17,7 @@ from fp_onnx.cli.options import (
     trigger_option,
 )
 from fp_onnx.cli.verdict_options import max_accuracy_drop_from, max_accuracy_drop_option
+from fp_onnx.guard import max_accuracy_drop_for
 from fp_onnx.errors import BadOptionError
 from fp_onnx.outputs import prepare_output_dir
 from fp_onnx.prune import StopRule, prune_defense
@@ -54,8 +55,9 @@ def command(**params) -> None:
     non-finite outputs) is kept as pruned.onnx.rejected and the exit code is 7.
     """
     rule = stop_rule_from(params)
-    max_drop = max_accuracy_drop_from(params, rule)
+    max_accuracy_drop_from(params, rule)  # a bad --max-accuracy-drop fails before any work
     inputs = open_inputs(params)
+    max_drop = max_accuracy_drop_for(params.get("max_accuracy_drop"), rule, len(inputs.clean))
     out_dir = prepare_output_dir(params["out_dir"])
     retire(out_dir, ["pruned.onnx"])
     options = runtime_from(params)
@@ -73,11 +75,11 @@ def command(**params) -> None:
         raise guard.error(rejected_name("pruned.onnx"))
 
 
-def stop_rule_from(params: dict) -> StopRule:
+def stop_rule_from(params: dict, default_threshold: float = 0.04) -> StopRule:
     given = {kind: params[kind] for kind in ("threshold", "fraction", "channels") if params.get(kind) is not None}
     if len(given) > 1:
         raise BadOptionError(f"choose one stop rule, not {' and '.join('--' + k for k in given)}")
-    kind, value = next(iter(given.items()), ("threshold", 0.04))
+    kind, value = next(iter(given.items()), ("threshold", default_threshold))
     return StopRule(kind, float(value))
 
 

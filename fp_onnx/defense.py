@@ -14,7 +14,7 @@ says which). Triggered data is only ever measured, never used to decide anything
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import onnx
 
@@ -24,8 +24,11 @@ from fp_onnx.evaluate import Measurement, measure
 from fp_onnx.finetune import FineTuneConfig, FineTuneResult, fine_tune
 from fp_onnx.guard import max_accuracy_drop_for
 from fp_onnx.metrics import AttackSpec
+from fp_onnx.profile import profile_model
 from fp_onnx.prune import PruneOutcome, StopRule, prune_defense
-from fp_onnx.prune_point import PrunePoint
+from fp_onnx.prune_point import PrunePoint, find_prune_points
+from fp_onnx.ranked_prune import ranked_prune_defense
+from fp_onnx.ranking import RankingInputs, rank_channels
 from fp_onnx.runtime import RuntimeOptions
 from fp_onnx.signature import signature_differences
 
@@ -36,6 +39,13 @@ STRATEGIES = ("none", "pruning", "fine-tuning", "fine-pruning")
 class DefenseConfig:
     rule: StopRule = StopRule()
     finetune: FineTuneConfig = FineTuneConfig()
+    """Its `recipe` is the recover step (`fp_onnx.recipes`)."""
+    rank: str = "activation"
+    """The ranking criterion (`fp_onnx.ranking`); 'activation' is the paper's, on the chosen prune point."""
+    method: str = "paper"
+    """The name of the method (`fp_onnx.methods`) these settings came from, for the report."""
+    fallback_recipes: tuple[str, ...] = ()
+    """Recipes tried in turn, from the pruned model again, when the one before ends below the floor."""
     val_fraction: float = 0.2
     """Share of --data held out for validation when no separate --val is given."""
     seed: int = 0
@@ -51,9 +61,8 @@ class DefenseConfig:
             raise BadOptionError(f"--val-fraction {self.val_fraction}: must lie strictly between 0 and 1")
         max_accuracy_drop_for(self.max_accuracy_drop, self.rule)
 
-    @property
-    def accuracy_drop_limit(self) -> float:
-        return max_accuracy_drop_for(self.max_accuracy_drop, self.rule)
+    def accuracy_drop_limit(self, validation_samples: int | None = None) -> float:
+        return max_accuracy_drop_for(self.max_accuracy_drop, self.rule, validation_samples)
 
 
 @dataclass(frozen=True)
@@ -81,12 +90,17 @@ class DefenseResult:
     finetune_only: FineTuneResult | None = None
     models: dict[str, onnx.ModelProto] = field(default_factory=dict, repr=False)
     data: DefenseData | None = field(default=None, repr=False)
+    method: dict = field(default_factory=dict)
+    """Method name, criterion, recipe and their resolved settings (the report records them)."""
+    max_accuracy_drop: float | None = None
+    """The clean-accuracy limit fine-tuning's floor used; the guard on the written file uses the same."""
 
     def to_dict(self) -> dict:
         return {
             "evaluated_on": self.evaluated_on,
             "split": self.split,
             "table": {name: row.to_dict() for name, row in self.table.items()},
+            "method": self.method,
             "prune": self.prune.to_dict(),
             "prune_curve": self.prune.curve.to_dict(),
             "finetune": self.finetune.to_dict(),
@@ -120,20 +134,22 @@ def fine_prune(
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     table = {"none": evaluate(model)}
-    pruned = prune_defense(model, point, val, config.rule, triggered=triggered, attack=attack, options=options,
-                           batch_size=config.batch_size, progress=progress)
+    pruned = prune_step(model, point, train, val, config, triggered=triggered, attack=attack, options=options,
+                        progress=progress)
     seconds["prune"] = time.perf_counter() - clock
     models = {"pruning": pruned.surgery.model}
     if config.baselines:
         table["pruning"] = evaluate(pruned.surgery.model)
     clock = time.perf_counter()
-    floor = pruned.curve.clean_accuracy[0] - config.accuracy_drop_limit  # the vendor's validation accuracy minus it
-    tuned = fine_tune(pruned.surgery.model, train, val, config.finetune, accuracy_floor=floor, progress=progress)
+    max_drop = config.accuracy_drop_limit(len(val))
+    floor = pruned.curve.clean_accuracy[0] - max_drop  # the vendor's validation accuracy minus it
+    tuned, attempts = recover_step(pruned.surgery.model, train, val, config, floor, progress, reference=model)
     seconds["fine_tune"] = time.perf_counter() - clock
     finetune_only = None
     if config.baselines:
         clock = time.perf_counter()
         finetune_only = fine_tune(model, train, val, config.finetune, accuracy_floor=floor, progress=progress)
+
         seconds["fine_tune_only_baseline"] = time.perf_counter() - clock
         table["fine-tuning"] = evaluate(finetune_only.model)
         models["fine-tuning"] = finetune_only.model
@@ -153,4 +169,45 @@ def fine_prune(
         finetune_only=finetune_only,
         models=models,
         data=DefenseData(val, scored, triggered, attack),
+        max_accuracy_drop=max_drop,
+        method={"name": config.method, "rank": config.rank, "recover": tuned.config.get("recipe"),
+                "recover_attempts": attempts,
+                "recover_settings": {k: tuned.config.get(k) for k in ("lr", "epochs", "patience", "keep",
+                                                                       "weight_decay", "optimizer")}},
     )
+
+
+def recover_step(model: onnx.ModelProto, train: Dataset, val: Dataset, config: DefenseConfig, floor: float,
+                 progress: bool, reference: onnx.ModelProto | None = None) -> tuple[FineTuneResult, list[dict]]:
+    """Fine-tune with the configured recipe; while the result ends below `floor` (or failed), start again from
+    the pruned model with the next fallback recipe. Returns the result kept and one line per attempt.
+    `reference` (the vendor's unpruned model) is what distilling recipes take clean behaviour from."""
+    attempts = []
+    for recipe in (config.finetune.recipe, *config.fallback_recipes):
+        tuned = fine_tune(model, train, val, replace(config.finetune, recipe=recipe), accuracy_floor=floor,
+                          progress=progress, reference=reference)
+        usable = tuned.failure is None and tuned.best_val_accuracy >= floor - 1e-12
+        attempts.append({"recipe": recipe, "best_val_accuracy": tuned.best_val_accuracy, "failure": tuned.failure,
+                         "below_floor": not usable, "recoveries": len(tuned.recoveries)})
+        if usable:
+            break
+    return tuned, attempts
+
+
+def prune_step(model: onnx.ModelProto, point: PrunePoint, train: Dataset, val: Dataset, config: DefenseConfig, *,
+               triggered: Dataset | None, attack: AttackSpec | None, options: RuntimeOptions,
+               progress: bool) -> PruneOutcome:
+    """Rank, cut by the stop rule. The paper's criterion runs its exact one-layer path (every step of the
+    curve); any other criterion ranks with the fine-tuning part of the clean data (it learns from it) and
+    stops on the validation part, like the paper's."""
+    if config.rank == "activation":
+        return prune_defense(model, point, val, config.rule, triggered=triggered, attack=attack, options=options,
+                             batch_size=config.batch_size, progress=progress)
+    profile = profile_model(model, point, val, triggered=triggered, attack=attack, options=options,
+                            batch_size=config.batch_size, progress=progress)
+    inputs = RankingInputs(model, tuple(find_prune_points(model)), point, train, options=options,
+                           batch_size=config.batch_size, device=config.finetune.device, seed=config.seed,
+                           progress=progress)
+    ranking = rank_channels(config.rank, inputs)
+    return ranked_prune_defense(model, ranking, val, config.rule, profile, triggered=triggered, attack=attack,
+                                options=options, batch_size=config.batch_size)

@@ -21,17 +21,17 @@ Fine-tuning must never hand back a broken model quietly. The run is calibrated o
 its first batches (layer-wise learning-rate scales for inputs on a 0-255 scale,
 automatic gradient clipping: `fp_onnx.calibration`), watched on every batch and
 epoch (`fp_onnx.divergence`), and trouble restores good weights and lowers the
-learning rate, a bounded number of times (`fp_onnx.recovery`); every recovery is
+learning rate, a bounded number of times (`fp_onnx.backoff`); every recovery is
 recorded.
 What is optimised and how (optimizer, schedule, extra loss terms) is the recipe's
-business (`fp_onnx.recipe`); the protection is the same for every recipe. Whether
+business (`fp_onnx.recipes`); the protection is the same for every recipe. Whether
 the result may ship is decided on the written file (`fp_onnx.guard`).
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -44,8 +44,8 @@ from fp_onnx.distributed import DistributedContext
 from fp_onnx.divergence import DivergenceMonitor
 from fp_onnx.errors import BadDataError, BadOptionError
 from fp_onnx.inference import single_input
-from fp_onnx.recipe import find_recipe
-from fp_onnx.recovery import RecoveringRun
+from fp_onnx.backoff import RecoveringRun
+from fp_onnx.recipes import KEEP_POLICIES, find_recipe
 from fp_onnx.training import Trainer
 
 OPTIMIZERS = ("sgd", "adam")
@@ -54,29 +54,38 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class FineTuneConfig:
-    epochs: int = 30
-    """Upper bound; early stopping usually ends sooner."""
-    lr: float = 0.001
+    """How to fine-tune. `lr`, `epochs`, `patience`, `keep` and `weight_decay` left at None take the
+    recipe's measured defaults (`fp_onnx.recipes`; the paper's: lr 0.001, 30 epochs, patience 4, best
+    epoch kept, no weight decay); `resolved()` fills them in."""
+
+    epochs: int | None = None
+    """Upper bound (a fixed budget when `patience` is None)."""
+    lr: float | None = None
     batch_size: int = 64
     optimizer: str = "sgd"
     momentum: float = 0.9
-    weight_decay: float = 0.0
-    patience: int = 4
+    weight_decay: float | None = None
+    patience: int | None = None
+    """Epochs without validation improvement before stopping; None after resolving: no early stopping."""
+    keep: str | None = None
+    """Which epoch's weights to return: 'best' (validation accuracy) or 'last'."""
     noise: float = 0.0
     """Relative std of Gaussian weight noise added before fine-tuning (paper §4); 0 disables it."""
     device: str = "auto"
     mixed_precision: bool = False
     seed: int = 0
     recipe: str = "paper"
-    """Which registered recipe (`fp_onnx.recipe`) supplies optimizer, schedule and extra loss terms."""
-    max_recoveries: int = 3
-    """How often a divergence may be answered by restoring the last good weights and lowering the lr; 0: never."""
+    """Which registered recipe (`fp_onnx.recipes`, CLI `--recover`) supplies optimizer, schedule and loss terms."""
+    max_recoveries: int | None = None
+    """How often a divergence may be answered by restoring the last good weights and lowering the lr; 0: never
+    (default: the recipe's, else 3)."""
     lr_backoff: float = 0.1
     """Each recovery multiplies every learning rate by this."""
     clip_grad_norm: float | str = "auto"
     """Clip the (layer-scaled) global gradient norm: 'auto' (5x the start model's median), a norm, or 0 (off)."""
-    collapse_drop: float = 0.10
-    """An epoch whose validation accuracy is more than this below the start model's counts as diverged."""
+    collapse_drop: float | None = None
+    """An epoch whose validation accuracy is more than this below the start model's counts as diverged
+    (default: the recipe's, else 0.10; unlearning recipes dip on purpose before they recover)."""
     loss_blowup: float = 4.0
     """A smoothed training loss above this many times the start loss (and above it plus ln(classes)) diverged."""
     layer_scale_spread: float = 10.0
@@ -88,27 +97,42 @@ class FineTuneConfig:
         if self.device not in DEVICES:
             raise BadOptionError(f"--device {self.device}: choose one of {', '.join(DEVICES)}")
         for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise BadOptionError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise BadOptionError(f"--lr {self.lr}: must be positive")
         if self.noise < 0:
             raise BadOptionError(f"--noise {self.noise}: must be 0 or more")
-        if self.patience < 1:
+        if self.patience is not None and self.patience < 1:
             raise BadOptionError("--patience must be at least 1")
-        if self.max_recoveries < 0:
+        if self.keep is not None and self.keep not in KEEP_POLICIES:
+            raise BadOptionError(f"--keep {self.keep}: choose one of {', '.join(KEEP_POLICIES)}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise BadOptionError(f"--weight-decay {self.weight_decay}: must be 0 or more")
+        if self.max_recoveries is not None and self.max_recoveries < 0:
             raise BadOptionError(f"--max-recoveries {self.max_recoveries}: must be 0 or more")
         if self.clip_grad_norm != "auto" and (isinstance(self.clip_grad_norm, str) or self.clip_grad_norm < 0):
             raise BadOptionError(f"--clip-grad-norm {self.clip_grad_norm}: use 'auto', 0 (off) or a positive norm")
         if not 0 < self.lr_backoff < 1:
             raise BadOptionError(f"lr_backoff {self.lr_backoff}: must lie strictly between 0 and 1")
-        if not 0 < self.collapse_drop <= 1:
+        if self.collapse_drop is not None and not 0 < self.collapse_drop <= 1:
             raise BadOptionError(f"collapse_drop {self.collapse_drop}: must lie in (0, 1]")
         if self.layer_scale_spread < 0:
             raise BadOptionError(f"layer_scale_spread {self.layer_scale_spread}: must be 0 (off) or more")
         if self.loss_blowup <= 1:
             raise BadOptionError(f"loss_blowup {self.loss_blowup}: must be above 1")
         find_recipe(self.recipe)
+
+    def resolved(self) -> "FineTuneConfig":
+        """This config with every setting left at None taken from the recipe's defaults."""
+        defaults = find_recipe(self.recipe).defaults
+        filled = {name: defaults.get(name, _FALLBACKS[name]) for name in _FALLBACKS if getattr(self, name) is None}
+        return replace(self, **filled)
+
+
+_FALLBACKS = {"lr": 0.001, "epochs": 30, "patience": 4, "keep": "best", "weight_decay": 0.0, "max_recoveries": 3,
+              "collapse_drop": 0.10}
+"""Settings a recipe that does not name them gets (the paper's)."""
 
 
 @dataclass
@@ -173,13 +197,16 @@ def fine_tune(
     config: FineTuneConfig = FineTuneConfig(),
     *,
     accuracy_floor: float | None = None,
+    reference: onnx.ModelProto | None = None,
     progress: bool = False,
 ) -> FineTuneResult:
     """Fine-tune `model` on `train`, stop early on `val` accuracy, return the written-back ONNX model.
 
+    `reference` is the model whose clean behaviour distilling recipes keep (the vendor's unpruned model
+    in fine-pruning; by default `model` itself).
     A divergence, or ending below `accuracy_floor` (the lowest validation accuracy
     the result may ship with) from a start at or above it, restores good weights and
-    lowers the learning rate, at most `max_recoveries` times (`fp_onnx.recovery`).
+    lowers the learning rate, at most `max_recoveries` times (`fp_onnx.backoff`).
     Once that budget is spent (or is 0), `failure` says why; the best fine-tuned
     epoch is returned, or, when none survived, the diverged weights themselves, so
     the check of the written model rejects them rather than shipping the vendor's
@@ -191,6 +218,7 @@ def fine_tune(
         if dataset.labels is None:
             raise BadDataError(f"{dataset.source}: fine-tuning needs labels ('y')")
     started = time.perf_counter()
+    config = config.resolved()
     context = DistributedContext.from_environment()
     device = context.device(torch_device(config.device))
     torch.manual_seed(config.seed)
@@ -198,8 +226,13 @@ def fine_tune(
     module = onnx_to_torch(trainable).to(device)
     if config.noise:
         add_weight_noise(module, config.noise, config.seed)
+    recipe = find_recipe(config.recipe)
+    prepared = None
+    if recipe.prepare is not None:
+        teacher = onnx_to_torch(_trainable_graph(reference)[0]).to(device) if reference is not None else None
+        prepared = recipe.prepare(module, config, teacher)
     steps = math.ceil(len(context.shard(np.arange(len(train)))) / config.batch_size)
-    trainer = Trainer(module, kind, config, device, context, steps)
+    trainer = Trainer(module, kind, config, device, context, steps, prepared)
     result = FineTuneResult(model=model, device=device.type, config=asdict(config))
     start = trainer.evaluate(val)
     result.initial_val_accuracy = start.accuracy

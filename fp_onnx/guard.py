@@ -31,15 +31,26 @@ DEFAULT_MAX_ACCURACY_DROP = 0.04
 """The paper's stop threshold: what the defense may cost in clean accuracy (absolute)."""
 
 
-def max_accuracy_drop_for(given: float | None, rule=None) -> float:
-    """The guard's limit: `given`, else the threshold a `StopRule` stopped at, else 0.04."""
+RESOLUTION_SAMPLES = 2
+"""A default limit is never finer than this many validation samples (see `max_accuracy_drop_for`)."""
+
+
+def max_accuracy_drop_for(given: float | None, rule=None, validation_samples: int | None = None) -> float:
+    """The guard's limit: `given`, else the threshold a `StopRule` stopped at, else 0.04.
+
+    A default limit (none given) is widened to `RESOLUTION_SAMPLES / validation_samples`
+    when that is larger: on a validation split of 34 samples one sample is 2.9 points, so
+    a 2-point limit would reject a model for one unlucky sample, which is noise, not harm.
+    A limit the user gives is kept as given. Fine-tuning's floor and the guard on the
+    written file use the same value, so a result that trained above the floor passes."""
     if given is not None:
         if not 0.0 <= given <= 1.0:
             raise BadOptionError(f"--max-accuracy-drop {given}: must lie in [0, 1]")
         return given
-    if rule is not None and rule.kind == "threshold":
-        return rule.value
-    return DEFAULT_MAX_ACCURACY_DROP
+    limit = rule.value if rule is not None and rule.kind == "threshold" else DEFAULT_MAX_ACCURACY_DROP
+    if validation_samples:
+        limit = max(limit, RESOLUTION_SAMPLES / validation_samples)
+    return limit
 
 
 @dataclass(frozen=True)

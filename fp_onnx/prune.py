@@ -56,9 +56,11 @@ class StopRule:
 
 @dataclass
 class PruneCurve:
-    """Clean accuracy (and attack success) after pruning 0, 1, ... channels in `order`."""
+    """Clean accuracy (and attack success) after pruning the first n channels of `order`, for the
+    measured n in `channels_pruned` (every n for the paper's one-layer sweep; a refined grid for
+    rankings over several layers, whose `order` holds [point index, channel] pairs)."""
 
-    order: list[int]
+    order: list
     channels_pruned: list[int]
     clean_accuracy: list[float]
     attack_success: list[float] | None
@@ -87,10 +89,13 @@ class PruneCurve:
 @dataclass
 class PruneOutcome:
     profile: ActivationProfile
+    """Activations of the default prune point (the paper's ranking, and the report's Fig. 4 plot)."""
     curve: PruneCurve
     rule: StopRule
     channels_pruned: int
     surgery: SurgeryResult
+    ranking: object | None = None
+    """The `fp_onnx.ranking.ChannelRanking` used when the criterion was not the paper's."""
 
     @property
     def step(self) -> int:
@@ -109,6 +114,8 @@ class PruneOutcome:
             "clean_accuracy_after": curve.clean_accuracy[self.step],
             "attack_success_before": None if curve.attack_success is None else curve.attack_success[0],
             "attack_success_after": None if curve.attack_success is None else curve.attack_success[self.step],
+            "criterion": "activation" if self.ranking is None else self.ranking.criterion,
+            "ranking": None if self.ranking is None else self.ranking.to_dict(),
             "surgery": self.surgery.actions,
         }
 
@@ -121,9 +128,11 @@ def channels_to_prune(curve: PruneCurve, rule: StopRule) -> int:
     if rule.kind == "channels":
         return int(rule.value)
     baseline = curve.clean_accuracy[0]
+    last_within = 0
     for n, acc in zip(curve.channels_pruned, curve.clean_accuracy):
         if baseline - acc > rule.value + 1e-12:
-            return n - 1
+            return last_within  # the last measured step within the threshold (n - 1 on a full curve)
+        last_within = n
     return curve.channels_pruned[-1]
 
 

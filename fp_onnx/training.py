@@ -1,7 +1,7 @@
 """The mechanics of one fine-tuning run: batches, steps, clipping, evaluation.
 
 `Trainer` owns one torch module (DDP-wrapped under torchrun) and whatever plan the
-recipe (`fp_onnx.recipe`) built for it. It adds, for every recipe alike:
+recipe (`fp_onnx.recipes`) built for it. It adds, for every recipe alike:
 
 * **calibration** before the first step (`fp_onnx.calibration`): the reference loss,
   layer-wise learning-rate scales, the typical gradient norm;
@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fp_onnx.calibration import Calibration, layer_lr_scales
 from fp_onnx.data import Dataset
 from fp_onnx.distributed import DistributedContext
+from fp_onnx.losses import classification_loss
 from fp_onnx.divergence import DivergenceMonitor
 from fp_onnx.progress import progress_bar
-from fp_onnx.recipe import TrainingPlan, find_recipe
+from fp_onnx.recipes import TrainingBatch, TrainingPlan, find_recipe
 
 if TYPE_CHECKING:
     from fp_onnx.finetune import FineTuneConfig
@@ -61,24 +61,16 @@ class EpochOutcome:
     """1-based batch at which the divergence was noticed."""
 
 
-def classification_loss(scores: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
-    """Cross-entropy for whatever the vendor's graph outputs (softmax outputs are common)."""
-    scores = scores.reshape(scores.shape[0], -1).float()
-    if kind == "probabilities":
-        return F.nll_loss(torch.log(scores.clamp_min(1e-12)), labels)
-    if kind == "log_probabilities":
-        return F.nll_loss(scores, labels)
-    return F.cross_entropy(scores, labels)
-
-
 class Trainer:
     """One model, one plan at a time: calibrated, clipped, checked steps on one device (or DDP ranks)."""
 
     def __init__(self, module: torch.nn.Module, kind: str, config: "FineTuneConfig", device: torch.device,
-                 context: DistributedContext, steps_per_epoch: int):
+                 context: DistributedContext, steps_per_epoch: int, prepared=None):
         self.module, self.kind, self.config, self.device, self.context = module, kind, config, device, context
         self.model = context.wrap(module)
         self.recipe = find_recipe(config.recipe)
+        self.prepared = prepared
+        """What the recipe's one-time `prepare` returned (a teacher copy, the original head, ...)."""
         self.steps_per_epoch = steps_per_epoch
         self.autocast = config.mixed_precision and device.type == "cuda"
         self.lr_scales: dict[str, float] = {}
@@ -111,8 +103,9 @@ class Trainer:
             scores = self.model(x)
             loss = classification_loss(scores, y, self.kind)
             watched = float(loss.detach()) if bool(torch.isfinite(scores).all()) else math.inf
+            batch = TrainingBatch(x, y, scores, self.model, self.kind)
             for term in self.plan.loss_terms if self.plan is not None else ():
-                loss = loss + term()
+                loss = loss + term(batch)
         return loss, self.context.mean(watched, self.device)
 
     # ------------------------------------------------------------------ calibration
@@ -158,7 +151,7 @@ class Trainer:
         groups = [{"params": [p for name, p in trainable if name not in self.lr_scales], "lr": base}]
         groups += [{"params": [p], "lr": base * self.lr_scales[name]} for name, p in trainable if name in self.lr_scales]
         groups = [group for group in groups if group["params"]]
-        self.plan = self.recipe(self.module, groups, self.config, self.steps_per_epoch)
+        self.plan = self.recipe.build(self.module, groups, self.config, self.steps_per_epoch, self.prepared)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast)
 
     # ------------------------------------------------------------------ training
@@ -177,14 +170,30 @@ class Trainer:
                     return EpochOutcome(_finite_or_none((total + shared * len(x)) / (count + len(x))), reason, index)
                 self.scaler.scale(loss).backward()
                 self._clip()
-                self.scaler.step(self.plan.optimizer)
-                self.scaler.update()
+                self._step(x, y)
                 if self.plan.scheduler is not None:
                     self.plan.scheduler.step()
+                if self.plan.after_step is not None:
+                    self.plan.after_step()
                 total += shared * len(x)
                 count += len(x)
                 bar.update(len(x))
         return EpochOutcome(_finite_or_none(total / max(1, count)))
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The optimizer step, or the recipe's own two-pass step (SAM) with a closure that recomputes
+        (and clips) the gradients at the weights it moved to."""
+        if self.plan.step is None:
+            self.scaler.step(self.plan.optimizer)
+            self.scaler.update()
+            return
+
+        def closure() -> None:
+            self.plan.optimizer.zero_grad(set_to_none=True)
+            self._forward_loss(x, y)[0].backward()
+            self._clip()
+
+        self.plan.step(closure)
 
     def _clip(self) -> None:
         """Clip the global norm of the scaled gradients (the step actually taken, over the global lr)."""

@@ -26,7 +26,7 @@ from fp_onnx.errors import BadOptionError
 from fp_onnx.finetune import FineTuneConfig, fine_tune
 from fp_onnx.guard import check_clean
 from fp_onnx.loading import load_model
-from fp_onnx.recipe import RECIPES, TrainingPlan, register_recipe
+from fp_onnx.recipes import RECIPES, TrainingPlan, register_recipe
 from fp_onnx.runtime import RuntimeOptions
 from fp_onnx.shipping import ship_guarded
 
@@ -176,12 +176,12 @@ def test_a_registered_recipe_supplies_optimizer_schedule_and_loss_terms(backdoor
     calls = {"terms": 0, "groups": None}
 
     @register_recipe("test-adam-cosine")
-    def recipe(module, groups, config, steps_per_epoch):
+    def recipe(module, groups, config, steps_per_epoch, prepared):
         calls["groups"] = [group["lr"] for group in groups]
         optimizer = torch.optim.Adam(groups)
         first = next(module.parameters())
 
-        def l2() -> torch.Tensor:
+        def l2(batch) -> torch.Tensor:
             calls["terms"] += 1
             return 1e-4 * first.pow(2).sum()
 

@@ -9,7 +9,8 @@ import torch
 from fp_onnx.converters import onnx_to_torch
 from fp_onnx.converters.graph_module import OnnxGraphModule
 from fp_onnx.data import Dataset
-from fp_onnx.finetune import _trainable_graph, classification_loss, torch_device
+from fp_onnx.finetune import _trainable_graph, torch_device
+from fp_onnx.losses import classification_loss
 from fp_onnx.prune_point import PrunePoint
 from fp_onnx.ranking import RankingInputs
 

@@ -5,7 +5,7 @@ chain) and downstream (surgery/downstream.py: one handler per reader op type), a
 falls back to forcing channels to zero where they must keep existing;
 `mask_channels` is the zero-mask reference the pruned model must match.
 """
-from fp_onnx.surgery.masking import mask_channels
+from fp_onnx.surgery.masking import mask_channels, mask_points
 from fp_onnx.surgery.prune import SurgeryResult, prune_channels
 
-__all__ = ["SurgeryResult", "mask_channels", "prune_channels"]
+__all__ = ["SurgeryResult", "mask_channels", "mask_points", "prune_channels"]

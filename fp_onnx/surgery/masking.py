@@ -30,6 +30,17 @@ def mask_channels(model: onnx.ModelProto, point: PrunePoint, channels: Sequence[
     return finalize(s.graph, model)
 
 
+def mask_points(model: onnx.ModelProto, channels: dict[PrunePoint, Sequence[int]]) -> onnx.ModelProto:
+    """`model` with the given channels of several prune points forced to zero at once (the masked
+    reference of a multi-layer pruning); points with no channels are left alone."""
+    s = Surgery(import_graph(model))
+    for point, ids in channels.items():
+        if ids:
+            check_point_in_graph(s.graph, point)
+            insert_mask(s, point, checked_channels(point, ids, allow_all=True))
+    return finalize(s.graph, model)
+
+
 def insert_mask(s: Surgery, point: PrunePoint, channels: Sequence[int]) -> None:
     """Multiply `point.tensor` by a mask that is 0 on `channels`; every reader sees the masked tensor."""
     tensor = s.graph.tensors()[point.tensor]

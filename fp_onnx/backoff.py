@@ -1,5 +1,9 @@
 """What fine-tuning does when it goes wrong: restore good weights, lower the learning rate, go on.
 
+Also which epoch a run returns: the best on validation (`keep="best"`, the paper's
+early stopping) or the last good one (`keep="last"`, for recipes measured with a fixed
+budget, where a validation split of a few dozen samples cannot tell epochs apart).
+
 Two kinds of trouble, one remedy (restore, multiply every learning rate by
 `lr_backoff`, fresh optimizer state, try again), from one bounded budget
 (`max_recoveries`):
@@ -66,7 +70,9 @@ class RecoveringRun:
         best = _Best()
         while True:
             attempt = self._epochs(start_state)
-            if attempt.state is not None:
+            if attempt.state is not None and self.config.keep == "last":
+                best = attempt  # a restarted attempt replaces the one that ended below the floor
+            elif attempt.state is not None:
                 best.offer(attempt.accuracy, attempt.state, attempt.epoch)
             if self.result.failure is not None or not self._made_unusable(attempt):
                 break
@@ -95,8 +101,11 @@ class RecoveringRun:
                 continue
             good_state, good_epoch = self.trainer.snapshot(), epoch
             stale = 0 if accuracy > best.accuracy + 1e-9 else stale + 1
-            best.offer(accuracy, good_state, epoch)
-            if stale >= self.config.patience:
+            if self.config.keep == "last":
+                best = _Best(accuracy, good_state, epoch)
+            else:
+                best.offer(accuracy, good_state, epoch)
+            if self.config.patience is not None and stale >= self.config.patience:
                 break
             epoch += 1
         return best

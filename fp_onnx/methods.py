@@ -1,0 +1,66 @@
+"""Defense methods: named combinations of a ranking criterion, a stop threshold and recovery recipes.
+
+`fp-onnx fine-prune --method NAME` picks one; `--rank`, `--recover` and `--threshold`
+override its parts. `paper` is the paper's fine-pruning exactly (§3.3: mean activation
+of the last conv layer, 4-point threshold, fine-tuning with SGD at lr 0.001 and early
+stopping), kept so its numbers stay reproducible. `recommended`, the default, is the
+combination that measured best across the model zoo (docs/results.md,
+`bench/reproduce_paper.py`); docs/decisions.md says why it was chosen.
+
+A method may list more than one recipe: the first is tried, and when its result falls
+below the clean-accuracy floor (after its own learning-rate back-offs), the next one
+starts again from the pruned model. Stronger recipes unlearn more but are less stable
+on some vendor graphs (raw 0-255 inputs, small defender sets); the fallback keeps the
+defense usable there, and the report says which recipe produced the shipped model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fp_onnx.errors import BadOptionError
+from fp_onnx.ranking import find_criterion
+from fp_onnx.recipes import find_recipe
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    rank: str
+    recover: tuple[str, ...]
+    """Recipes in the order they are tried (a fallback only when the one before fails the floor)."""
+    threshold: float
+    """Default stop threshold of the pruning step (absolute drop of clean validation accuracy)."""
+    summary: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "rank": self.rank, "recover": list(self.recover), "threshold": self.threshold,
+                "summary": self.summary}
+
+
+METHODS: dict[str, Method] = {
+    "paper": Method("paper", "activation", ("paper",), 0.04,
+                    "the paper's fine-pruning: prune the last conv layer by mean activation within 4 points, "
+                    "fine-tune at lr 0.001 with early stopping"),
+    "recommended": Method("recommended", "activation", ("adversarial", "paper"), 0.04,
+                          "prune the last conv layer by mean activation within 4 points, then unlearn universal "
+                          "perturbations with distillation from the pruned model (falls back to the paper's "
+                          "fine-tuning when that would cost clean accuracy)"),
+}
+DEFAULT_METHOD = "recommended"
+
+
+def resolve_method(name: str | None, rank: str | None = None, recover: str | None = None) -> Method:
+    """The method `name` (default: DEFAULT_METHOD) with `rank` / `recover` overriding its parts
+    (a recipe given by the user replaces the method's whole cascade)."""
+    name = name or DEFAULT_METHOD
+    if name not in METHODS:
+        raise BadOptionError(f"--method {name}: choose one of {', '.join(METHODS)}")
+    base = METHODS[name]
+    if rank is not None:
+        find_criterion(rank)
+    if recover is not None:
+        find_recipe(recover)
+    rank, recipes = rank or base.rank, (recover,) if recover else base.recover
+    if rank == base.rank and recipes == base.recover:
+        return base
+    return Method(f"{name} (rank {rank}, recover {'/'.join(recipes)})", rank, recipes, base.threshold, "custom")

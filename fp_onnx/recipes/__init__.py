@@ -1,0 +1,121 @@
+"""Recovery recipes: how the pruned model is trained on clean data (the *recover* step).
+
+A recipe decides *how* to learn; the training loop (`fp_onnx.training`) decides
+*whether the learning is still sane* (divergence detection, restoring the last good
+weights, lowering the learning rate, gradient clipping: `fp_onnx.backoff`) and does so
+the same way for every recipe. The seam between the two:
+
+* `prepare(module, config, reference)` runs once, before calibration: one-time changes
+  to the model (re-initialising the classifier for feature-shift tuning) and what later
+  steps need to remember (the original classifier, the reference model as a teacher);
+* `build(module, groups, config, steps_per_epoch, prepared)` returns a `TrainingPlan`:
+  the optimizer over the given parameter groups (each with its learning rate already
+  set: layer-wise scaling and back-off happen in the loop), an optional per-step
+  schedule, extra loss terms that see the batch (`TrainingBatch`), and an optional
+  hook after every optimizer step. After a divergence the loop asks for a fresh plan
+  at lower learning rates, so no optimizer state of a run that blew up survives;
+* `defaults`: the learning rate, epoch budget, early-stopping patience (None: a fixed
+  budget) and which epoch to keep ("best" on validation, or "last") that the recipe
+  was measured with; flags the user gives override them.
+
+Recipes register with `@register_recipe(name, ...)`; `FineTuneConfig.recipe` (CLI:
+`--recover`) selects one. The modules of this package hold one recipe each.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fp_onnx.errors import BadOptionError
+
+if TYPE_CHECKING:
+    from fp_onnx.finetune import FineTuneConfig
+
+
+@dataclass
+class TrainingBatch:
+    """What a loss term may look at: this batch, the model's outputs on it, and how to run the model."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    scores: torch.Tensor
+    model: torch.nn.Module
+    """The module as training calls it (DDP-wrapped under torchrun): use it for extra forward passes."""
+    kind: str
+    """What the scores are: 'logits', 'probabilities' or 'log_probabilities' (see fp_onnx.training)."""
+
+
+LossTerm = Callable[[TrainingBatch], torch.Tensor]
+
+
+@dataclass
+class TrainingPlan:
+    """What one fine-tuning attempt trains with."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None = None
+    """Anything with `.step()`; called after every optimizer step (e.g. a torch LRScheduler)."""
+    loss_terms: tuple[LossTerm, ...] = ()
+    """Extra scalar terms added to the classification loss of every batch (regularisers, unlearning)."""
+    after_step: Callable[[], None] | None = None
+    """Called after every optimizer step (e.g. to project weights back onto a constraint)."""
+    step: Callable[[Callable[[], None]], None] | None = None
+    """Replaces `optimizer.step()` for two-pass methods (SAM): called with the gradients in place and a
+    closure that recomputes loss and gradients at the current weights."""
+
+
+Build = Callable[[torch.nn.Module, list[dict], "FineTuneConfig", int, Any], TrainingPlan]
+Prepare = Callable[[torch.nn.Module, "FineTuneConfig", "torch.nn.Module | None"], Any]
+"""prepare(module, config, reference): `reference` is the vendor's unpruned model as a torch module (or None:
+then `module` itself is the reference), for recipes that keep its clean behaviour."""
+
+KEEP_POLICIES = ("best", "last")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    build: Build
+    prepare: Prepare | None = None
+    defaults: dict = field(default_factory=dict)
+    """Measured settings: lr, epochs, patience (None: fixed budget), keep, weight_decay, ..."""
+    summary: str = ""
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(name: str, *, defaults: dict | None = None, prepare: Prepare | None = None,
+                    summary: str = "") -> Callable[[Build], Build]:
+    """Register `build` as the recipe `name`; refuses to silently replace an existing one."""
+
+    def register(build: Build) -> Build:
+        if name in RECIPES:
+            raise ValueError(f"a fine-tuning recipe named '{name}' is already registered")
+        RECIPES[name] = Recipe(name, build, prepare, dict(defaults or {}), summary or (build.__doc__ or "").strip())
+        return build
+
+    return register
+
+
+def find_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise BadOptionError(f"--recover {name}: choose one of {', '.join(sorted(RECIPES))}")
+    return RECIPES[name]
+
+
+def sgd_or_adam(groups: list[dict], config: "FineTuneConfig") -> torch.optim.Optimizer:
+    """The optimizer the config names, over `groups` (their learning rates are kept)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+# Registration happens on import of the recipe modules.
+from fp_onnx.recipes import adversarial, cosine, feature_shift, paper, sharpness  # noqa: E402,F401
+
+__all__ = ["KEEP_POLICIES", "RECIPES", "Recipe", "TrainingBatch", "TrainingPlan", "find_recipe", "register_recipe",
+           "sgd_or_adam"]

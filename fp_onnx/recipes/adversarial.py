@@ -1,0 +1,129 @@
+"""Adversarial unlearning with a universal perturbation, anchored by distillation.
+
+After I-BAU (Zeng et al., ICLR 2022, "Adversarial Unlearning of Backdoors via
+Implicit Hypergradient"), implemented from its description in a simpler form: the
+minimax `min_weights max_{||delta|| <= r} loss(x + delta, y)` over ONE perturbation
+`delta` shared by all inputs of a batch. A trigger is exactly such a shared
+perturbation that flips many predictions at once, so the inner maximisation finds
+trigger-like directions (for patches, blends, noise bursts; all-to-one and
+all-to-all alike) without ever seeing a triggered input, and the outer step teaches
+the model to ignore them. We solve it by alternating: each step takes
+`UAP_STEPS` normalised-gradient ascent steps on `delta` (warm-started from the last
+batch's), then one descent step of the model on
+
+    CE(f(x), y) + ADV_WEIGHT * CE(f(x + delta), y) + KD_WEIGHT * T^2 KL(f_0(x) / T || f(x) / T)
+
+The last term distils the reference model's outputs on clean
+inputs: with a defender set of a few hundred samples, the adversarial term alone
+costs several points of clean accuracy; the start model is accurate on clean
+inputs (its fault is only triggered ones), so anchoring to it keeps clean
+behaviour while the backdoor is unlearned. The radius is relative to the data:
+`UAP_RADIUS` times the median distance of a batch's inputs from their mean, so it
+means the same for images in [0, 1], 0-255 pixels or spectrograms.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from fp_onnx.recipes import TrainingBatch, TrainingPlan, register_recipe, sgd_or_adam
+from fp_onnx.recipes.schedule import cosine_schedule
+from fp_onnx.errors import BadOptionError
+from fp_onnx.losses import as_log_probabilities, classification_loss
+
+UAP_RADIUS = 1.0
+UAP_STEPS = 5
+UAP_STEP_FRACTION = 0.5
+ADV_WEIGHT = 1.0
+KD_WEIGHT = 1.0
+KD_TEMPERATURE = 2.0
+
+
+@dataclass
+class UnlearningState:
+    teacher: torch.nn.Module
+    delta: torch.Tensor | None = field(default=None)
+
+
+def freeze_teacher(module: torch.nn.Module, config, reference: torch.nn.Module | None = None) -> UnlearningState:
+    """The clean behaviour to keep, frozen: the vendor's unpruned model when given (its clean outputs are
+    the best there are; the backdoor only shows on triggered inputs, which distillation never sees), else a
+    copy of the start model."""
+    teacher = (reference if reference is not None else copy.deepcopy(module)).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return UnlearningState(teacher)
+
+
+def universal_perturbation(module: torch.nn.Module, batch: TrainingBatch, radius: float,
+                           start: torch.Tensor | None) -> torch.Tensor:
+    """One perturbation for the whole batch that raises its loss, with ||delta||_2 <= radius.
+
+    Gradients are taken with respect to delta only (the weights' .grad is untouched), with
+    the module in eval mode so BatchNorm statistics do not move.
+    """
+    shape = batch.x.shape[1:]
+    delta = start.detach().clone() if start is not None and start.shape == shape else torch.zeros(shape, device=batch.x.device)
+    was_training = module.training
+    module.eval()
+    for _ in range(UAP_STEPS):
+        delta.requires_grad_(True)
+        loss = classification_loss(module(batch.x + delta), batch.y, batch.kind)
+        gradient, = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            delta = delta + UAP_STEP_FRACTION * radius * gradient / (gradient.norm() + 1e-12)
+            norm = float(delta.norm())
+            if norm > radius:
+                delta = delta * (radius / norm)
+    module.train(was_training)
+    return delta.detach()
+
+
+def data_radius(x: torch.Tensor) -> float:
+    """UAP_RADIUS times the median distance of the batch's inputs from their mean."""
+    centred = (x - x.mean(dim=0, keepdim=True)).reshape(len(x), -1)
+    return UAP_RADIUS * float(centred.norm(dim=1).median())
+
+
+@register_recipe("adversarial", prepare=freeze_teacher,
+                 defaults={"lr": 0.005, "epochs": 40, "patience": None, "keep": "last", "weight_decay": 5e-4,
+                           # one back-off, then give way: a model this recipe destroys at lr/10 is better
+                           # served by a gentler recipe than by a slower destruction.
+                           "max_recoveries": 1,
+                           # clean accuracy dips while the perturbations are unlearned and comes back as
+                           # distillation re-anchors it; only a fall to near guessing is a divergence here
+                           # (the floor on the result is checked at the end either way).
+                           "collapse_drop": 0.5},
+                 summary="adversarial unlearning of universal perturbations (I-BAU-style) with distillation "
+                         "from the start model, cosine schedule")
+def adversarial_recipe(module, groups, config, steps_per_epoch, state: UnlearningState) -> TrainingPlan:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        raise BadOptionError("--recover adversarial runs in one process (its extra forward passes do not fit "
+                             "DistributedDataParallel); run it without torchrun")
+    optimizer = sgd_or_adam(groups, config)
+    state.teacher.to(next(module.parameters()).device)
+
+    def unlearn_perturbation(batch: TrainingBatch) -> torch.Tensor:
+        if len(batch.x) < 2:
+            return batch.scores.sum() * 0.0
+        state.delta = universal_perturbation(module, batch, data_radius(batch.x), state.delta)
+        # Evaluation mode for the perturbed pass: BatchNorm must not fold statistics of x + delta (far from
+        # any real input) into its running averages, which would cost clean accuracy at any learning rate.
+        module.eval()
+        try:
+            scores = module(batch.x + state.delta)
+        finally:
+            module.train()
+        return ADV_WEIGHT * classification_loss(scores, batch.y, batch.kind)
+
+    def distil(batch: TrainingBatch) -> torch.Tensor:
+        with torch.no_grad():
+            target = as_log_probabilities(state.teacher(batch.x), batch.kind, KD_TEMPERATURE).exp()
+        student = as_log_probabilities(batch.scores, batch.kind, KD_TEMPERATURE)
+        return KD_WEIGHT * KD_TEMPERATURE ** 2 * F.kl_div(student, target, reduction="batchmean")
+
+    return TrainingPlan(optimizer, cosine_schedule(optimizer, config.epochs * steps_per_epoch),
+                        loss_terms=(unlearn_perturbation, distil))

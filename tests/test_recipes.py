@@ -1,0 +1,125 @@
+"""Recovery recipes (fp_onnx.recipes), recipe defaults, and the fallback cascade of a method."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fp_onnx.converters import onnx_to_torch
+from fp_onnx.data import open_dataset, split_dataset
+from fp_onnx.defense import DefenseConfig, recover_step
+from fp_onnx.errors import BadOptionError
+from fp_onnx.finetune import FineTuneConfig, fine_tune
+from fp_onnx.loading import load_model
+from fp_onnx.methods import METHODS, resolve_method
+from fp_onnx.recipes import RECIPES, TrainingBatch, TrainingPlan, register_recipe
+from fp_onnx.recipes.adversarial import data_radius, universal_perturbation
+from fp_onnx.recipes.feature_shift import reinitialise_head
+from fp_onnx.recipes.head import classifier_parameters
+from fp_onnx.recipes.sharpness import sharpness_aware_step
+
+
+@pytest.fixture(scope="module")
+def data(backdoored):
+    model = load_model(backdoored["model"]).model
+    train, val = split_dataset(open_dataset(backdoored["clean"]), 0.2, 0)
+    return model, train, val
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_recipe_trains_a_finite_model_with_its_defaults(data, recipe):
+    model, train, val = data
+    tuned = fine_tune(model, train, val, FineTuneConfig(device="cpu", recipe=recipe, epochs=3))
+    assert tuned.config["recipe"] == recipe and tuned.config["lr"] == RECIPES[recipe].defaults["lr"]
+    assert tuned.failure is None and tuned.history[-1]["train_loss"] is not None  # (a back-off is allowed)
+    if recipe != "fst":  # a new head needs more than three epochs when it is the only linear layer, as here
+        assert tuned.best_val_accuracy > 0.5
+
+
+def test_recipe_defaults_fill_only_what_the_user_left_open():
+    resolved = FineTuneConfig(recipe="adversarial", lr=0.002).resolved()
+    assert resolved.lr == 0.002 and resolved.epochs == 40 and resolved.patience is None and resolved.keep == "last"
+    assert FineTuneConfig().resolved().lr == 0.001 and FineTuneConfig().resolved().patience == 4  # the paper's
+    with pytest.raises(BadOptionError, match="--recover"):
+        FineTuneConfig(recipe="magic")
+    with pytest.raises(BadOptionError, match="--keep"):
+        FineTuneConfig(keep="median")
+
+
+def test_keep_last_returns_the_last_epoch_of_a_fixed_budget(data):
+    model, train, val = data
+    tuned = fine_tune(model, train, val, FineTuneConfig(device="cpu", recipe="cosine", epochs=3))
+    assert tuned.history[-1]["epoch"] == 3 and tuned.best_epoch == 3  # (an epoch may be retried after a back-off)
+
+
+def test_feature_shift_reinitialises_the_head_and_keeps_its_norm(data):
+    model, _, _ = data
+    module = onnx_to_torch(model)
+    weight, _ = classifier_parameters(module)
+    original = weight.detach().clone()
+    head = reinitialise_head(module, FineTuneConfig())
+    assert math.isclose(float(weight.norm()), float(original.norm()), rel_tol=1e-5)
+    cosine = float(torch.nn.functional.cosine_similarity(weight.flatten(), original.flatten(), dim=0))
+    assert abs(cosine) < 0.2 and torch.equal(head.original, original)
+
+
+def test_universal_perturbation_is_shared_and_bounded(data):
+    model, train, _ = data
+    module = onnx_to_torch(model)
+    batch_x = torch.from_numpy(np.asarray(train.take(np.arange(32)).x, dtype=np.float32))
+    batch = TrainingBatch(batch_x, torch.from_numpy(train.labels[:32]), module(batch_x), module, "logits")
+    radius = data_radius(batch_x)
+    delta = universal_perturbation(module, batch, radius, None)
+    assert delta.shape == batch_x.shape[1:] and float(delta.norm()) <= radius * (1 + 1e-5)
+    before = torch.nn.functional.cross_entropy(module(batch_x), batch.y)
+    after = torch.nn.functional.cross_entropy(module(batch_x + delta), batch.y)
+    assert float(after) > float(before)  # it raises the clean loss, as the inner maximisation must
+    assert all(p.grad is None for p in module.parameters())  # and leaves the weights' gradients alone
+
+
+def test_sharpness_aware_step_takes_the_gradient_at_the_perturbed_weights():
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    loss_at = lambda w: (w ** 4).sum()  # noqa: E731 - a curved loss, so the two gradients differ
+    loss_at(weight).backward()
+    first = weight.grad.clone()
+    perturbed = weight.detach() + 0.05 * first / first.norm()
+
+    def closure():
+        optimizer.zero_grad()
+        loss_at(weight).backward()
+
+    sharpness_aware_step(optimizer, 0.05)(closure)
+    expected = torch.tensor([1.0, -2.0]) - 0.1 * 4 * perturbed ** 3
+    torch.testing.assert_close(weight.detach(), expected)
+
+
+def test_a_recipe_that_fails_gives_way_to_the_methods_fallback(data):
+    model, train, val = data
+
+    @register_recipe("test-explode", defaults={"lr": 1e6, "epochs": 2, "patience": None, "keep": "last",
+                                               "max_recoveries": 0})
+    def explode(module, groups, config, steps_per_epoch, prepared):
+        return TrainingPlan(torch.optim.SGD(groups, lr=config.lr))
+
+    try:
+        config = DefenseConfig(finetune=FineTuneConfig(device="cpu", recipe="test-explode", clip_grad_norm=0,
+                                                       layer_scale_spread=0, epochs=2),
+                               fallback_recipes=("paper",))
+        tuned, attempts = recover_step(model, train, val, config, floor=0.5, progress=False)
+    finally:
+        RECIPES.pop("test-explode")
+    assert [a["recipe"] for a in attempts] == ["test-explode", "paper"]
+    assert attempts[0]["below_floor"] and not attempts[1]["below_floor"]
+    assert tuned.config["recipe"] == "paper" and tuned.best_val_accuracy >= 0.5
+
+
+def test_methods_resolve_and_overrides_replace_the_cascade():
+    assert METHODS["paper"].rank == "activation" and METHODS["paper"].recover == ("paper",)
+    assert resolve_method(None).name == "recommended"
+    custom = resolve_method("recommended", rank="rnp", recover="fst")
+    assert custom.rank == "rnp" and custom.recover == ("fst",) and custom.threshold == METHODS["recommended"].threshold
+    with pytest.raises(BadOptionError, match="--method"):
+        resolve_method("magic")
