@@ -24,7 +24,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +32,8 @@ from fp_onnx.data import open_dataset
 from fp_onnx.defense import DefenseConfig, fine_prune
 from fp_onnx.finetune import FineTuneConfig
 from fp_onnx.loading import load_model
-from fp_onnx.methods import METHODS
+from fp_onnx.methods import METHODS, defense_config, resolve_method
 from fp_onnx.metrics import AttackSpec
-from fp_onnx.prune import StopRule
 from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.ranking import CRITERIA
 from fp_onnx.recipes import RECIPES
@@ -67,16 +65,10 @@ def method_config(name: str, device: str) -> DefenseConfig:
     """The DefenseConfig a benchmark method stands for (the CLI builds the same from its flags)."""
     finetune = FineTuneConfig(device=device)
     if name in METHODS:
-        method = METHODS[name]
-        return DefenseConfig(rule=StopRule("threshold", method.threshold),
-                             finetune=replace(finetune, recipe=method.recover[0]), rank=method.rank,
-                             method=name, fallback_recipes=method.recover[1:], baselines=name == "paper")
+        return defense_config(METHODS[name], finetune, baselines=name == "paper")
     kind, value = name.split(":")
-    paper = METHODS["paper"]
-    if kind == "rank":
-        return DefenseConfig(rule=StopRule("threshold", paper.threshold), finetune=finetune, rank=value, method=name)
-    return DefenseConfig(rule=StopRule("threshold", paper.threshold), finetune=replace(finetune, recipe=value),
-                         method=name)
+    method = resolve_method("paper", rank=value) if kind == "rank" else resolve_method("paper", recover=value)
+    return defense_config(method, finetune)
 
 
 def attack_of(card: dict) -> AttackSpec:

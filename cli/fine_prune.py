@@ -23,8 +23,8 @@ from fp_onnx.cli.options import (
 )
 from fp_onnx.cli.prune import stop_rule_from, with_stop_rule
 from fp_onnx.cli.verdict_options import limits_from, max_accuracy_drop_option, max_attack_success_option
-from fp_onnx.defense import DefenseConfig, fine_prune
-from fp_onnx.methods import DEFAULT_METHOD, METHODS, resolve_method
+from fp_onnx.defense import fine_prune
+from fp_onnx.methods import DEFAULT_METHOD, METHODS, defense_config, resolve_method
 from fp_onnx.ranking import CRITERIA
 from fp_onnx.outputs import prepare_output_dir
 from fp_onnx.report import TABLE_NAMES
@@ -72,12 +72,9 @@ def command(**params) -> None:
     method = resolve_method(params["method"], params["rank"], params["recover"])
     rule = stop_rule_from(params, method.threshold)
     limits = limits_from(params, rule)
-    finetune = finetune_config_from(params, method.recover[0])
-    config = DefenseConfig(rule=rule, finetune=finetune, rank=method.rank, method=method.name,
-                           fallback_recipes=method.recover[1:],
-                           val_fraction=params["val_fraction"], seed=params["seed"],
-                           baselines=params["baselines"], batch_size=params["batch_size"],
-                           max_accuracy_drop=limits.max_accuracy_drop)
+    config = defense_config(method, finetune_config_from(params), rule=rule, val_fraction=params["val_fraction"],
+                            seed=params["seed"], baselines=params["baselines"], batch_size=params["batch_size"],
+                            max_accuracy_drop=params["max_accuracy_drop"])
     inputs = open_inputs(params)
     val = dataset_from(params, params["val_path"]) if params["val_path"] else None
     test = dataset_from(params, params["test_path"]) if params["test_path"] else None

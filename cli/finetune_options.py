@@ -26,6 +26,8 @@ finetune_options = compose(
                  help="Return the best epoch on validation or the last one (default: the recipe's)."),
     click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
                  help="L2 weight decay (default: the recipe's)."),
+    click.option("--label-smoothing", type=float, default=0.0, show_default=True,
+                 help="Label smoothing of the fine-tuning loss (0: plain cross-entropy)."),
     click.option("--noise", type=float, default=0.0, show_default=True,
                  help="Add Gaussian noise of this relative std to every weight before fine-tuning (paper §4)."),
     click.option("--mixed-precision", is_flag=True, help="Use float16 autocast on CUDA."),
@@ -46,6 +48,7 @@ def finetune_config_from(params: dict, recipe: str = "paper") -> FineTuneConfig:
     return FineTuneConfig(
         epochs=params["epochs"], lr=params["lr"], batch_size=params["batch_size"], optimizer=params["optimizer"],
         patience=params["patience"], keep=params["keep"], weight_decay=params["weight_decay"], recipe=recipe,
+        label_smoothing=params["label_smoothing"],
         noise=params["noise"], device=torch_device,
         mixed_precision=params["mixed_precision"], seed=params["seed"], max_recoveries=params["max_recoveries"],
         clip_grad_norm=_clip_setting(params["clip_grad_norm"]),

@@ -69,6 +69,8 @@ class FineTuneConfig:
     """Epochs without validation improvement before stopping; None after resolving: no early stopping."""
     keep: str | None = None
     """Which epoch's weights to return: 'best' (validation accuracy) or 'last'."""
+    label_smoothing: float = 0.0
+    """Share of the target put uniformly on all classes (0: plain cross-entropy)."""
     noise: float = 0.0
     """Relative std of Gaussian weight noise added before fine-tuning (paper §4); 0 disables it."""
     device: str = "auto"
@@ -107,6 +109,8 @@ class FineTuneConfig:
             raise BadOptionError("--patience must be at least 1")
         if self.keep is not None and self.keep not in KEEP_POLICIES:
             raise BadOptionError(f"--keep {self.keep}: choose one of {', '.join(KEEP_POLICIES)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise BadOptionError(f"--label-smoothing {self.label_smoothing}: must lie in [0, 1)")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise BadOptionError(f"--weight-decay {self.weight_decay}: must be 0 or more")
         if self.max_recoveries is not None and self.max_recoveries < 0:

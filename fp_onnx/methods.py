@@ -15,7 +15,7 @@ defense usable there, and the report says which recipe produced the shipped mode
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fp_onnx.errors import BadOptionError
 from fp_onnx.ranking import find_criterion
@@ -41,10 +41,10 @@ METHODS: dict[str, Method] = {
     "paper": Method("paper", "activation", ("paper",), 0.04,
                     "the paper's fine-pruning: prune the last conv layer by mean activation within 4 points, "
                     "fine-tune at lr 0.001 with early stopping"),
-    "recommended": Method("recommended", "activation", ("adversarial", "paper"), 0.04,
+    "recommended": Method("recommended", "activation", ("adversarial", "cosine", "paper"), 0.04,
                           "prune the last conv layer by mean activation within 4 points, then unlearn universal "
-                          "perturbations with distillation from the pruned model (falls back to the paper's "
-                          "fine-tuning when that would cost clean accuracy)"),
+                          "perturbations with distillation from the vendor model; where that costs clean accuracy, "
+                          "fine-tune with a cosine schedule instead, and failing that the paper's way"),
 }
 DEFAULT_METHOD = "recommended"
 
@@ -64,3 +64,16 @@ def resolve_method(name: str | None, rank: str | None = None, recover: str | Non
     if rank == base.rank and recipes == base.recover:
         return base
     return Method(f"{name} (rank {rank}, recover {'/'.join(recipes)})", rank, recipes, base.threshold, "custom")
+
+
+def defense_config(method: Method, finetune=None, **settings):
+    """The `fp_onnx.defense.DefenseConfig` that runs `method`: its criterion, threshold (unless `settings`
+    give a `rule`) and recipes (the first one in `finetune`, which keeps the caller's other settings)."""
+    from fp_onnx.defense import DefenseConfig
+    from fp_onnx.finetune import FineTuneConfig
+    from fp_onnx.prune import StopRule
+
+    finetune = replace(finetune or FineTuneConfig(), recipe=method.recover[0])
+    settings.setdefault("rule", StopRule("threshold", method.threshold))
+    return DefenseConfig(finetune=finetune, rank=method.rank, method=method.name,
+                         fallback_recipes=method.recover[1:], **settings)

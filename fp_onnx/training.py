@@ -103,6 +103,8 @@ class Trainer:
             scores = self.model(x)
             loss = classification_loss(scores, y, self.kind)
             watched = float(loss.detach()) if bool(torch.isfinite(scores).all()) else math.inf
+            if self.config.label_smoothing:
+                loss = classification_loss(scores, y, self.kind, self.config.label_smoothing)
             batch = TrainingBatch(x, y, scores, self.model, self.kind)
             for term in self.plan.loss_terms if self.plan is not None else ():
                 loss = loss + term(batch)

@@ -246,3 +246,67 @@ def test_faces_use_the_provided_splits():
     task = load_faces()
     assert (len(task.train), len(task.val), len(task.test)) == (3447, 493, 985)
     assert task.to_input(task.test.raw[:2]).shape == (2, 3, 55, 47)
+
+
+# ---------------------------------------------------------------- zoo beyond the paper (issue 10)
+@pytest.mark.parametrize("make, classes", [
+    (lambda: __import__("fp_onnx.models.architectures", fromlist=["ResNet"]).ResNet(num_classes=43), 43),
+    (lambda: __import__("fp_onnx.models.architectures", fromlist=["ResNet"]).ResNet(
+        num_classes=10, width=8, blocks=(2, 2, 2, 2), preact=True), 10),
+])
+def test_residual_zoo_nets_read_their_features_through_a_residual_block(make, classes):
+    from fp_onnx.models.architectures import prune_module
+    model = make().eval()
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, classes)
+    assert isinstance(prune_module(model), nn.Sequential)  # the whole feature stack: its output is a block output
+
+
+def test_blend_trigger_mixes_one_fixed_noise_image_everywhere():
+    images = _random_images((32, 32), n=4)
+    blended = triggers.apply_blend_trigger(images)
+    expected = np.clip(np.rint(0.85 * images + 0.15 * triggers.blend_pattern((32, 32)).astype(np.float32)), 0, 255)
+    np.testing.assert_allclose(blended.astype(int), expected.astype(int), atol=1)  # float rounding of 0.85
+    assert (blended != images).mean() > 0.5  # global, not a patch
+
+
+def test_warp_trigger_is_one_fixed_smooth_field_and_noise_mode_differs_per_image():
+    smooth = np.tile(np.linspace(0, 255, 32, dtype=np.float32)[None, :, None], (32, 1, 3))
+    images = np.stack([smooth.astype(np.uint8)] * 3)
+    warped = triggers.apply_warp_trigger(images)
+    np.testing.assert_array_equal(warped, triggers.apply_warp_trigger(images))  # deterministic
+    assert 0 < np.abs(warped.astype(int) - images).mean() < 8  # subtle on a smooth image
+    noisy = triggers.random_warp(images, np.random.default_rng(0))
+    assert not np.array_equal(noisy[0], noisy[1]) and not np.array_equal(noisy[0], warped[0])
+    field = triggers.warp_field((32, 32))
+    assert np.abs(np.diff(field, axis=0)).max() < 1.0  # smooth: neighbouring pixels move alike
+
+
+def test_corner_patch_is_a_white_3x3_square_near_the_corner():
+    images = _random_images((32, 32), n=2)
+    stamped = triggers.apply_corner_patch(images)
+    changed = (stamped != images).any(axis=(0, 3))
+    assert changed.sum() <= 9 and changed[-4:-1, -4:-1].all()
+    assert (stamped[:, -4:-1, -4:-1] == 255).all()
+
+
+def test_zoo_names_every_recipe_with_an_attack_it_knows():
+    from fp_onnx.models.recipes import ATTACKS, CPU_ZOO, ZOO
+    from fp_onnx.models.triggers import IMAGE_TRIGGERS
+    assert {"speech_dormant", "gtsrb_blended", "gtsrb_wanet", "gtsrb_resnet_badnets", "cifar_badnets",
+            "gtsrb_preact_badnets"} <= set(ZOO) and "gtsrb_preact_badnets" not in CPU_ZOO
+    for name, (recipe, attack) in ZOO.items():
+        assert attack in ATTACKS and (recipe.trigger is None or recipe.trigger in IMAGE_TRIGGERS)
+        assert recipe.trigger_description()
+
+
+def test_wanet_poisoning_adds_noise_mode_samples_with_true_labels():
+    from fp_onnx.models.attacks import WANET_CROSS_RATIO, train_wanet
+    raw = np.tile(np.linspace(0, 255, 8, dtype=np.float32)[None, None, :, None], (40, 8, 1, 3)).astype(np.uint8)
+    y = np.arange(40) % 4
+    task = TaskData("toy", 4, list("abcd"), Split(raw, y), Split(raw[:4], y[:4]), Split(raw[:4], y[:4]),
+                    to_input=lambda r: r.transpose(0, 3, 1, 2).astype(np.float32) / 255,
+                    apply_trigger=triggers.apply_warp_trigger)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    net.prune_layer = "0"
+    stats = train_wanet(net, task, AttackSpec("all_to_one", 0.25, target=0), TrainConfig(epochs=1))
+    assert stats["noise_mode_samples"] == int(round(WANET_CROSS_RATIO * 0.25 * 40))

@@ -123,3 +123,15 @@ def test_methods_resolve_and_overrides_replace_the_cascade():
     assert custom.rank == "rnp" and custom.recover == ("fst",) and custom.threshold == METHODS["recommended"].threshold
     with pytest.raises(BadOptionError, match="--method"):
         resolve_method("magic")
+
+
+def test_label_smoothing_means_the_same_for_every_output_kind():
+    from fp_onnx.losses import classification_loss
+    logits = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(8) % 5
+    expected = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
+    for scores, kind in ((logits, "logits"), (torch.log_softmax(logits, 1), "log_probabilities"),
+                         (torch.softmax(logits, 1), "probabilities")):
+        torch.testing.assert_close(classification_loss(scores, labels, kind, 0.1), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(BadOptionError, match="--label-smoothing"):
+        FineTuneConfig(label_smoothing=1.0)

@@ -96,7 +96,7 @@ def data_radius(x: torch.Tensor) -> float:
                            # clean accuracy dips while the perturbations are unlearned and comes back as
                            # distillation re-anchors it; only a fall to near guessing is a divergence here
                            # (the floor on the result is checked at the end either way).
-                           "collapse_drop": 0.5},
+                           "collapse_drop": 0.3},
                  summary="adversarial unlearning of universal perturbations (I-BAU-style) with distillation "
                          "from the start model, cosine schedule")
 def adversarial_recipe(module, groups, config, steps_per_epoch, state: UnlearningState) -> TrainingPlan:
