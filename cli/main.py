@@ -66,3 +66,7 @@ _register_commands()
 
 def main() -> None:
     cli.main()
+
+
+if __name__ == "__main__":
+    main()

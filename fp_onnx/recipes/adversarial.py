@@ -93,10 +93,11 @@ def data_radius(x: torch.Tensor) -> float:
                            # one back-off, then give way: a model this recipe destroys at lr/10 is better
                            # served by a gentler recipe than by a slower destruction.
                            "max_recoveries": 1,
-                           # clean accuracy dips while the perturbations are unlearned and comes back as
-                           # distillation re-anchors it; only a fall to near guessing is a divergence here
-                           # (the floor on the result is checked at the end either way).
-                           "collapse_drop": 0.3},
+                           # clean accuracy dips, often by a third, while the perturbations are unlearned,
+                           # and comes back as distillation re-anchors it under the decaying learning rate:
+                           # no mid-run collapse check (non-finite and exploding losses are still caught),
+                           # the floor on the result is checked at the end.
+                           "collapse_drop": 1.0},
                  summary="adversarial unlearning of universal perturbations (I-BAU-style) with distillation "
                          "from the start model, cosine schedule")
 def adversarial_recipe(module, groups, config, steps_per_epoch, state: UnlearningState) -> TrainingPlan:
