@@ -22,7 +22,7 @@ def _tiny_model(weight_name: str = "w") -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
         [weight],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def _with_external_location(model: onnx.ModelProto, location: str, length: int = 432) -> onnx.ModelProto:
