@@ -17,7 +17,8 @@ finetune_options = compose(
     click.option("--noise", type=FINITE_FLOAT, default=0.0, show_default=True,
                  help="Add Gaussian noise of this relative std to every weight before fine-tuning (paper §4)."),
     click.option("--mixed-precision", is_flag=True, help="Use float16 autocast on CUDA."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, shuffling and noise."),
+    click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+                 help="Seed for splits, shuffling and noise."),
 )
 
 

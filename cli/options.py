@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from fp_onnx.data import DataKeys, Dataset, open_dataset
+from fp_onnx.data import MAX_CLASS_ID, DataKeys, Dataset, open_dataset
 from fp_onnx.errors import BadOptionError
 from fp_onnx.images import MAX_IMAGE_PIXELS, ImagePreprocess
 from fp_onnx.loading import DEFAULT_MAX_BYTES, LoadedModel, load_model
@@ -23,6 +23,7 @@ from fp_onnx.memory import budget_bytes
 from fp_onnx.metrics import AttackSpec
 from fp_onnx.prune_point import PrunePoint, resolve_prune_point
 from fp_onnx.runtime import DEVICES, OPTIMIZATION_LEVELS, RuntimeOptions
+from fp_onnx.signature import class_count
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
@@ -202,9 +203,12 @@ def attack_from(params: dict, has_trigger_data: bool) -> AttackSpec | None:
     if target == "data":
         return AttackSpec("targeted", None)
     try:
-        return AttackSpec("targeted", int(target))
+        target_class = int(target)
     except ValueError:
-        raise BadOptionError(f"--target {target}: expected a class id or 'data'") from None
+        raise BadOptionError(f"--target {_shown(target)}: expected a class id or 'data'") from None
+    if not 0 <= target_class <= MAX_CLASS_ID:
+        raise BadOptionError(f"--target {_shown(target)}: a class id is a whole number from 0 to {MAX_CLASS_ID}")
+    return AttackSpec("targeted", target_class)
 
 
 @dataclass
@@ -221,6 +225,9 @@ class CommandInputs:
 def open_inputs(params: dict) -> CommandInputs:
     loaded = load_from(params)
     attack = attack_from(params, params["trigger_path"] is not None)
+    classes = class_count(loaded.model)
+    if attack is not None and attack.target is not None and classes is not None and attack.target >= classes:
+        raise BadOptionError(f"--target {attack.target}: the model scores {classes} classes (0..{classes - 1})")
     point = resolve_prune_point(loaded.model, params["layer"])
     clean = dataset_from(params, params["data_path"])
     triggered = dataset_from(params, params["trigger_path"]) if params["trigger_path"] else None

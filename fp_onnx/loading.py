@@ -131,6 +131,9 @@ def _check_domains(model: onnx.ModelProto, path: Path) -> None:
 def _check_and_infer(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     if model.ByteSize() > PROTOBUF_LIMIT:
         raise BadModelError(f"{path}: models above 2 GiB in memory are not supported yet")
+    # The vendor's value_info is a claim, not a fact: a wrong one would mislead prune points, memory
+    # plans and graph cuts, so shapes are inferred afresh from the graph itself.
+    del model.graph.value_info[:]
     try:
         onnx.checker.check_model(model, full_check=True)
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import onnx
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from fp_onnx.errors import BadModelError, BadOptionError, FpOnnxError, ResourceLimitError
 from fp_onnx.memory import is_out_of_memory
@@ -26,6 +27,9 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+ONNXRUNTIME_ERRORS = (RuntimeError, *(value for value in vars(_ort_state).values()
+                                      if isinstance(value, type) and issubclass(value, Exception)))
+"""What a failing onnxruntime call raises (its own untyped exception classes, plus RuntimeError)."""
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 _QUIET = 4  # onnxruntime severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 # onnxruntime logs a failing node or session as an "[E:onnxruntime:...]" line on stderr before

@@ -46,7 +46,7 @@ from fp_onnx.profile import channels_first
 from fp_onnx.progress import progress_bar
 from fp_onnx.prune_point import PrunePoint
 from fp_onnx.memory import activation_bytes, output_bytes, rows_within
-from fp_onnx.runtime import RuntimeOptions, create_session, run_failure
+from fp_onnx.runtime import ONNXRUNTIME_ERRORS, RuntimeOptions, create_session, run_failure
 
 AFFINE_OPS = frozenset({
     "Conv", "BatchNormalization", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Flatten", "Reshape", "Transpose",
@@ -59,6 +59,7 @@ MAX_STACK_ELEMENTS = 16 * 1024 * 1024
 """Elements stacked into one tail call (64 MiB of float32)."""
 MAX_PROBE_ELEMENTS = 64 * 1024 * 1024
 """Largest probed linear map (inputs per sample x outputs per sample) we hold in memory."""
+TAIL_FAILURE = "onnxruntime failed on the graph after the prune point"
 MAX_TAIL_ROWS = 1 << 20
 """Upper bound on rows per tail call; the memory plan (fp_onnx.memory) usually sets a lower one."""
 
@@ -219,7 +220,10 @@ class PruneSweep:
 
     def _batch_predictions(self, crossing: dict[str, np.ndarray], order: list[int], steps: list[int]) -> np.ndarray:
         if self.prefix is not None:
-            chunks = self.prefix.step_states(crossing[self.point.tensor], order, steps, self.rest_rows)
+            try:
+                chunks = self.prefix.step_states(crossing[self.point.tensor], order, steps, self.rest_rows)
+            except ONNXRUNTIME_ERRORS as exc:
+                raise run_failure(exc, TAIL_FAILURE) from None
             if chunks is not None:
                 return np.concatenate([self._from_states(states, crossing) for states in chunks])
             self.prefix = None  # the probed map did not hold: masked path from now on
@@ -242,8 +246,8 @@ class PruneSweep:
             rows = len(next(iter(feeds.values())))
             return np.concatenate([session.run([self.cut.output], {k: v[i : i + 1] for k, v in feeds.items()})[0]
                                    for i in range(rows)])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped errors
-            raise run_failure(exc, "onnxruntime failed on the graph after the prune point") from None
+        except ONNXRUNTIME_ERRORS as exc:
+            raise run_failure(exc, TAIL_FAILURE) from None
 
     def _from_states(self, states: list[np.ndarray], crossing: dict[str, np.ndarray]) -> np.ndarray:
         """Predictions for a chunk of steps from their boundary values, (steps, batch, ...) each."""
