@@ -61,13 +61,18 @@ class ModelRunner:
         """True once the runner found that the (fixed batch-1) graph must be fed one sample at a time."""
         return self._per_sample
 
+    def memory_room(self, share: float = 1.0) -> int:
+        """`share` of the memory budget left for activations once the weights' copies are set aside
+        (at least a quarter of the budget: the weights are there whatever we choose)."""
+        return int(max(self.memory_budget - SESSION_COPIES * self._weight_bytes, self.memory_budget // 4) * share)
+
     def batch_size(self, requested: int, share: float = 1.0, extra_per_sample: int = 0) -> int:
         """The largest batch up to `requested` whose activations (plus `extra_per_sample` bytes of the
-        caller's own per-sample arrays) fit `share` of the memory budget, weights set aside.
+        caller's own per-sample arrays) fit `share` of the memory room.
 
         Raises ResourceLimitError when not even one sample fits (fp_onnx.memory).
         """
-        room = int(max(self.memory_budget - SESSION_COPIES * self._weight_bytes, self.memory_budget // 4) * share)
+        room = self.memory_room(share)
         check_sample_fits(self.sample_bytes, self._largest, room, "the model")
         return rows_within(room, self.sample_bytes + extra_per_sample, requested)
 

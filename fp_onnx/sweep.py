@@ -40,7 +40,7 @@ import onnx_graphsurgeon as gs
 
 from fp_onnx.batch import has_fixed_batch_of_one, make_batch_symbolic
 from fp_onnx.data import Dataset, check_fits
-from fp_onnx.errors import BadModelError
+from fp_onnx.errors import BadModelError, UnsupportedOpError
 from fp_onnx.inference import ModelRunner, predictions
 from fp_onnx.profile import channels_first
 from fp_onnx.progress import progress_bar
@@ -84,6 +84,7 @@ def cut_at(model: onnx.ModelProto, point: PrunePoint) -> GraphCut:
     """Split `model` at `point.tensor` into head taps, a tail, and the tail's affine prefix."""
     graph = gs.import_onnx(model)
     output = graph.outputs[0].name
+    _refuse_control_flow_after(graph, point.tensor)
     tail_nodes = _downstream(graph, point.tensor)
     produced = {t.name for node in tail_nodes for t in node.outputs}
     if output not in produced:
@@ -101,6 +102,22 @@ def cut_at(model: onnx.ModelProto, point: PrunePoint) -> GraphCut:
     logits = len(boundaries) == 1 and boundaries[0] == _logits_tensor(tail_nodes, output)
     rest = None if logits else extractor.extract_model([*boundaries, *crossing[1:]], [output])
     return replace(cut, prefix=extractor.extract_model([point.tensor], list(boundaries)), boundaries=boundaries, rest=rest)
+
+
+def _refuse_control_flow_after(graph: gs.Graph, start: str) -> None:
+    """Subgraphs (If/Loop/Scan) read outer tensors without listing them as inputs, so a cut cannot see
+    what they depend on; they are fine before the prune point, not after it."""
+    producers = {tensor.name: node for node in graph.nodes for tensor in node.outputs}
+    upstream, stack = set(), [start]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is not None and id(node) not in upstream:
+            upstream.add(id(node))
+            stack.extend(tensor.name for tensor in node.inputs)
+    for node in graph.nodes:
+        if id(node) not in upstream and any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            raise UnsupportedOpError(f"node '{node.name}' ({node.op}) runs a subgraph after the prune point; the "
+                                     "prune sweep cannot cut through control flow; a --layer after it avoids it")
 
 
 def _downstream(graph: gs.Graph, start: str) -> list[gs.Node]:
@@ -186,8 +203,8 @@ class PruneSweep:
         self._plan_memory()
 
     def _plan_memory(self) -> None:
-        """Rows per tail (or rest) call within half the memory budget; the head pass gets the other half."""
-        room = self.head.memory_budget // 2
+        """Rows per tail (or rest) call within half the memory room; the head pass gets the other half."""
+        room = self.head.memory_room(0.5)
         self.tail_rows = rows_within(room, activation_bytes(self.cut.tail)[0], MAX_TAIL_ROWS)
         self.rest_rows = self.tail_rows if self.cut.rest is None else rows_within(
             room, activation_bytes(self.cut.rest)[0], MAX_TAIL_ROWS)

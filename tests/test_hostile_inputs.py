@@ -287,3 +287,81 @@ def test_16_outputs_respect_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(written.stat().st_mode) == mode
+
+
+# Found by the fuzz harness (tests/fuzzing) beyond the issue's list --------------------------------
+def _relu_as_if(model: onnx.ModelProto, relu_name: str) -> onnx.ModelProto:
+    """Replace a Relu by an If on a constant whose branches compute the Relu (valid control flow)."""
+    node = next(n for n in model.graph.node if n.name == relu_name)
+    source = node.input[0]
+    branch = lambda name: helper.make_graph([helper.make_node("Relu", [source], [f"{name}_out"])], name, [],  # noqa: E731
+                                            [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "condition"))
+    node.op_type = "If"
+    node.input[:] = ["condition"]
+    node.attribute.extend([helper.make_attribute("then_branch", branch("then")),
+                           helper.make_attribute("else_branch", branch("else"))])
+    return model
+
+
+def test_control_flow_before_the_prune_point_of_a_fixed_batch_graph(tmp_path):
+    """Batch-symbolic copies forget stale batch-1 shapes inside subgraphs too."""
+    import model_zoo
+
+    path = _save(_relu_as_if(model_zoo.build_caffe_style_model(), "relu1"), tmp_path / "model.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "clean.npz", x=rng.standard_normal((12, 3, 32, 32)).astype(np.float32), y=rng.integers(0, 10, 12))
+    result = run("prune", path, "--data", tmp_path / "clean.npz", "--out", tmp_path / "out", "--device", "cpu",
+                 "--fraction", "0.25")
+    assert result.exit_code == 0, result.output
+
+
+def test_control_flow_after_the_prune_point_is_unsupported(vendor):
+    folder, model, path, data = vendor
+    _save(_relu_as_if(model, "/Relu_1"), path)
+    assert_error(run("prune", path, "--data", data, "--out", folder / "out", "--device", "cpu"), 5,
+                 "cannot cut through control flow")
+
+
+def test_the_vendors_shape_claims_are_not_trusted(vendor):
+    folder, model, path, data = vendor
+    model = onnx.shape_inference.infer_shapes(model)
+    for value in model.graph.value_info:
+        value.type.tensor_type.shape.dim[-1].dim_value = 0
+    _save(model, path)
+    result = run("prune", path, "--data", data, "--out", folder / "out", "--device", "cpu", "--fraction", "0.25")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("change,code,pattern", [
+    (lambda x, y: (x, y + 10), 6, "is not a class id of the model (0..9)"),
+    (lambda x, y: (x, -y - 1), 6, "is not a class id"),
+    (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x), y), 6, "NaN or infinite"),
+])
+def test_labels_and_inputs_that_no_model_can_use(vendor, change, code, pattern):
+    folder, _, path, data = vendor
+    arrays = np.load(data)
+    x, y = change(arrays["x"].astype(np.float32), arrays["y"])
+    np.savez(folder / "odd.npz", x=x, y=y)
+    assert_error(run("profile", path, "--data", folder / "odd.npz", "--out", folder / "out"), code, pattern)
+
+
+@pytest.mark.parametrize("flags,pattern", [
+    (["--target", "10"], "the model scores 10 classes"),
+    (["--target", str(10**30)], "a class id is a whole number"),
+])
+def test_targets_must_be_class_ids(vendor, flags, pattern):
+    folder, _, path, data = vendor
+    result = run("profile", path, "--data", data, "--trigger-data", data, "--out", folder / "out", *flags)
+    assert_error(result, 2, pattern)
+
+
+def test_finetune_names_the_node_torch_cannot_run(vendor):
+    """A conv weight resized without its bias passes onnx's checks; torch's conv refuses it."""
+    folder, model, path, data = vendor
+    weight = next(t for t in model.graph.initializer if t.name == "onnx::Conv_64")
+    array = numpy_helper.to_array(weight)
+    weight.CopyFrom(numpy_helper.from_array(np.resize(array, (array.shape[0] + 2, *array.shape[1:])), weight.name))
+    _save(model, path)
+    result = run("finetune", path, "--data", data, "--out", folder / "out", "--device", "cpu", "--epochs", "1")
+    assert_error(result, 3, "fails in PyTorch")

@@ -414,6 +414,79 @@ def function_constant(ctx: CaseContext) -> Case:
     return Case("", ctx.command_args(command, path), f"function constant: {where}", expect_ok=where == "inside")
 
 
+@mutator("model_path", weight=1)
+def model_path(ctx: CaseContext) -> Case:
+    """The model argument is not a plain file: a folder, a FIFO, a symlink loop, a device, an empty file."""
+    path = ctx.copy_seed()
+    kind = ctx.pick(["folder", "fifo", "symlink_loop", "device", "empty", "symlink_inside", "odd_name"])
+    target = ctx.inputs / "vendor.onnx"
+    if kind == "folder":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "symlink_loop":
+        os.symlink("vendor.onnx", target)
+    elif kind == "device":
+        os.symlink("/dev/zero", target)
+    elif kind == "empty":
+        target.write_bytes(b"")
+    elif kind == "symlink_inside":
+        os.symlink("model.onnx", target)
+    else:
+        target = ctx.inputs / "mödel with spaces\nand newline.onnx"
+        target.write_bytes(path.read_bytes())
+    valid = kind in ("symlink_inside", "odd_name") and ctx.seed.name != "dynamo_external"
+    return Case("", ctx.command_args(ctx.pick(["layers", "profile", "prune"]), target), kind, expect_ok=valid)
+
+
+@mutator("subgraph", weight=1)
+def subgraph(ctx: CaseContext) -> Case:
+    """A Relu becomes an If on a constant condition whose branches compute it (valid, but control flow)."""
+    def edit(model):
+        relus = [n for n in model.graph.node if n.op_type == "Relu"]
+        if not relus:
+            return "no Relu; unchanged"
+        node = ctx.pick(relus)
+        source, result = node.input[0], node.output[0]
+        branch = lambda name: helper.make_graph(  # noqa: E731
+            [helper.make_node("Relu", [source], [f"{name}_out"], f"{name}_relu")], name, [],
+            [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)])
+        model.graph.initializer.append(numpy_helper.from_array(np.array(ctx.chance(0.5)), "fuzz_condition"))
+        node.op_type = "If"
+        del node.input[:]
+        node.input.append("fuzz_condition")
+        node.output[:] = [result]
+        node.attribute.extend([helper.make_attribute("then_branch", branch("then")),
+                               helper.make_attribute("else_branch", branch("else"))])
+        return f"Relu '{node.name}' -> If"
+
+    return _graph_case(ctx, edit)
+
+
+@mutator("sparse_initializer", weight=1)
+def sparse_initializer(ctx: CaseContext) -> Case:
+    """An initializer stored sparse (valid), or with indices that point outside it."""
+    def edit(model):
+        tensor = ctx.pick([t for t in model.graph.initializer if t.dims and t.raw_data] or [None])
+        if tensor is None:
+            return "no inline initializer; unchanged"
+        array = numpy_helper.to_array(tensor)
+        flat = array.reshape(-1)
+        indices = np.flatnonzero(flat)
+        broken = ctx.chance(0.5)
+        if broken:
+            indices = indices.copy()
+            indices[-1] = flat.size + int(ctx.rng.integers(1, 1000))
+        sparse = helper.make_sparse_tensor(numpy_helper.from_array(flat[np.flatnonzero(flat)], tensor.name),
+                                           numpy_helper.from_array(indices.astype(np.int64), f"{tensor.name}_idx"),
+                                           list(array.shape))
+        model.graph.initializer.remove(tensor)
+        model.graph.sparse_initializer.append(sparse)
+        return f"'{tensor.name}' sparse{' with an index out of range' if broken else ''}"
+
+    return _graph_case(ctx, edit)
+
+
 # --------------------------------------------------------------------------- controls
 @mutator("valid_seed", weight=2)
 def valid_seed(ctx: CaseContext) -> Case:
