@@ -206,6 +206,8 @@ def _h5_array(file, key: str, path: Path):
     if isinstance(link, h5py.ExternalLink):
         raise UnsafeFileError(f"{path}: '{key}' is a link into another file ({link.filename}); refusing to follow it")
     value = file[key]
+    if getattr(value, "file", file).filename != file.filename:  # reached through a soft link into another file
+        raise UnsafeFileError(f"{path}: '{key}' leads into another file; refusing to follow it")
     if not isinstance(value, h5py.Dataset):
         raise BadDataError(f"{path}: '{key}' is a group, not a dataset; use --x-key/--y-key to name the arrays")
     if value.shape is None or value.ndim == 0:
@@ -228,8 +230,6 @@ def _optional_array(container, key: str, count: int, path: Path, memory_budget: 
         raise BadDataError(f"{path}: '{key}' has shape {list(dataset.shape)} but there are {count} samples")
     _check_in_memory(dataset.size * dataset.dtype.itemsize, memory_budget, path, key)
     values = np.asarray(dataset[()])
-    if values.shape[:1] != (count,):
-        raise BadDataError(f"{path}: '{key}' has shape {values.shape} but there are {count} samples")
     if not np.issubdtype(values.dtype, np.integer):
         raise BadDataError(f"{path}: '{key}' must hold integer class ids, not {values.dtype}")
     return values.astype(np.int64)

@@ -365,3 +365,9 @@ def test_finetune_names_the_node_torch_cannot_run(vendor):
     _save(model, path)
     result = run("finetune", path, "--data", data, "--out", folder / "out", "--device", "cpu", "--epochs", "1")
     assert_error(result, 3, "fails in PyTorch")
+
+
+def test_an_unknown_tensor_data_type_is_a_bad_model(vendor):
+    _, model, path, _ = vendor
+    model.graph.initializer[0].data_type = 999  # onnx's checker raises ValueError, not ValidationError
+    assert_error(run("layers", _save(model, path)), 3, "Invalid tensor data type 999")

@@ -92,7 +92,8 @@ def odd_arrays(ctx: CaseContext) -> Case:
     x, y = _samples(ctx)
     kind = ctx.pick(["wrong_shape", "int_x", "complex_x", "bool_x", "string_x", "nan_x", "inf_x", "empty", "scalar_x",
                      "labels_short", "labels_2d", "labels_float", "labels_negative", "labels_huge", "no_labels",
-                     "float16_x", "float64_x", "structured_x", "valid", "fortran_x", "zip_junk", "encrypted_flag"])
+                     "float16_x", "float64_x", "structured_x", "valid", "fortran_x", "zip_junk", "encrypted_flag",
+                     "huge_values", "one_sample", "one_class"])
     path = ctx.inputs / "data.npz"
     arrays = {"x": x, "y": y}
     if kind == "wrong_shape":
@@ -133,6 +134,12 @@ def odd_arrays(ctx: CaseContext) -> Case:
         arrays["x"] = np.zeros(len(x), dtype=[("a", "<f4"), ("b", "<i4")])
     elif kind == "fortran_x":
         arrays["x"] = np.asfortranarray(x)
+    elif kind == "huge_values":
+        arrays["x"] = x * np.float32(1e37)
+    elif kind == "one_sample":
+        arrays = {"x": x[:1], "y": y[:1]}
+    elif kind == "one_class":
+        arrays["y"] = np.zeros_like(y)
     if kind == "zip_junk":
         np.savez(path, **arrays)
         raw = bytearray(path.read_bytes())
@@ -146,7 +153,7 @@ def odd_arrays(ctx: CaseContext) -> Case:
         path.write_bytes(bytes(raw))
     else:
         np.savez(path, **arrays)
-    valid = kind in ("valid", "float16_x", "float64_x", "fortran_x")
+    valid = kind in ("valid", "float16_x", "float64_x", "fortran_x", "one_class")
     return _data_case(ctx, path, kind, expect_ok=valid)
 
 
