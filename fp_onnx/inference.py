@@ -61,18 +61,20 @@ class ModelRunner:
         """True once the runner found that the (fixed batch-1) graph must be fed one sample at a time."""
         return self._per_sample
 
-    def memory_room(self, share: float = 1.0) -> int:
-        """`share` of the memory budget left for activations once the weights' copies are set aside
-        (at least a quarter of the budget: the weights are there whatever we choose)."""
-        return int(max(self.memory_budget - SESSION_COPIES * self._weight_bytes, self.memory_budget // 4) * share)
+    def memory_room(self, share: float = 1.0, other_weights: int = 0) -> int:
+        """`share` of the memory budget left for activations once the copies of the weights (this
+        model's and `other_weights` bytes of the caller's other sessions) are set aside; at least a
+        quarter of the budget, since the weights are there whatever we choose."""
+        fixed = SESSION_COPIES * self._weight_bytes + other_weights
+        return int(max(self.memory_budget - fixed, self.memory_budget // 4) * share)
 
-    def batch_size(self, requested: int, share: float = 1.0, extra_per_sample: int = 0) -> int:
+    def batch_size(self, requested: int, share: float = 1.0, extra_per_sample: int = 0, other_weights: int = 0) -> int:
         """The largest batch up to `requested` whose activations (plus `extra_per_sample` bytes of the
         caller's own per-sample arrays) fit `share` of the memory room.
 
         Raises ResourceLimitError when not even one sample fits (fp_onnx.memory).
         """
-        room = self.memory_room(share)
+        room = self.memory_room(share, other_weights)
         check_sample_fits(self.sample_bytes, self._largest, room, "the model")
         return rows_within(room, self.sample_bytes + extra_per_sample, requested)
 

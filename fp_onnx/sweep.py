@@ -45,7 +45,7 @@ from fp_onnx.inference import ModelRunner, predictions
 from fp_onnx.profile import channels_first
 from fp_onnx.progress import progress_bar
 from fp_onnx.prune_point import PrunePoint
-from fp_onnx.memory import activation_bytes, output_bytes, rows_within
+from fp_onnx.memory import SESSION_COPIES, activation_bytes, output_bytes, rows_within, weight_bytes
 from fp_onnx.runtime import ONNXRUNTIME_ERRORS, RuntimeOptions, create_session, run_failure
 
 AFFINE_OPS = frozenset({
@@ -195,16 +195,24 @@ class PruneSweep:
         self.point = point
         self.cut = cut_at(symbolic or model, point)
         self.head = ModelRunner(model, taps=self.cut.crossing, options=options)
-        self.tail = create_session(self.cut.tail, options)
+        self._options, self._tail = options, None  # the tail session is made when the masked path needs it
         self.rest = None if self.cut.rest is None else create_session(self.cut.rest, options)
         self.prefix = None
         if self.cut.prefix is not None and not self.per_sample:
             self.prefix = AffinePrefix(self.cut.prefix, self.cut.boundaries, point, options)
         self._plan_memory()
 
+    @property
+    def tail(self):
+        if self._tail is None:
+            self._tail = create_session(self.cut.tail, self._options)
+        return self._tail
+
     def _plan_memory(self) -> None:
         """Rows per tail (or rest) call within half the memory room; the head pass gets the other half."""
-        room = self.head.memory_room(0.5)
+        after_cut = self.cut.rest if self.prefix is not None and self.cut.rest is not None else self.cut.tail
+        self.other_weights = SESSION_COPIES * weight_bytes(after_cut)
+        room = self.head.memory_room(0.5, self.other_weights)
         self.tail_rows = rows_within(room, activation_bytes(self.cut.tail)[0], MAX_TAIL_ROWS)
         self.rest_rows = self.tail_rows if self.cut.rest is None else rows_within(
             room, activation_bytes(self.cut.rest)[0], MAX_TAIL_ROWS)
@@ -224,7 +232,8 @@ class PruneSweep:
         """Predicted classes (len(steps), len(dataset)) after pruning the first `steps[i]` channels of `order`."""
         check_fits(dataset, self.head.input)
         order, steps = [int(c) for c in order], [int(k) for k in steps]
-        batch_size = self.head.batch_size(batch_size, share=0.5, extra_per_sample=self.contribution_bytes)
+        batch_size = self.head.batch_size(batch_size, share=0.5, extra_per_sample=self.contribution_bytes,
+                                          other_weights=self.other_weights)
         results = []
         with progress_bar(len(dataset), description, enabled=progress) as bar:
             for batch in dataset.batches(batch_size):

@@ -27,6 +27,7 @@ from fp_onnx.errors import ResourceLimitError
 from fp_onnx.loading import load_model
 from fp_onnx.outputs import write_bytes
 from fuzzing.data_mutators import _npy_bytes
+from fuzzing.model_mutators import point_to_external, with_function_constant
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shipped" / "speech_badnets"
 
@@ -52,17 +53,10 @@ def assert_error(result, code: int, pattern: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and pattern in lines[0], result.output
 
 
-def _external(model: onnx.ModelProto, folder: Path, location: str, write: bool = True) -> onnx.ModelProto:
+def _external(model: onnx.ModelProto, folder: Path, location: str) -> onnx.ModelProto:
     """Move the first big initializer to external data at `location` (its bytes go to weights.bin)."""
     tensor = next(t for t in model.graph.initializer if len(t.raw_data) > 1024)
-    if write:
-        (folder / "weights.bin").write_bytes(tensor.raw_data)
-    length = len(tensor.raw_data)
-    tensor.ClearField("raw_data")
-    tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
+    (folder / "weights.bin").write_bytes(point_to_external(tensor, location))
     return model
 
 
@@ -96,31 +90,13 @@ def test_3_symlink_inside_the_folder_is_followed(vendor):
     assert result.exit_code == 0, result.output
 
 
-def _with_function_constant(model: onnx.ModelProto, location: str) -> onnx.ModelProto:
-    value = numpy_helper.from_array(np.array(0.5, np.float32), "c")
-    value.ClearField("raw_data")
-    value.data_location = TensorProto.EXTERNAL
-    for key, entry in (("location", location), ("offset", "0"), ("length", "4")):
-        item = value.external_data.add()
-        item.key, item.value = key, entry
-    model.functions.append(helper.make_function(
-        "local", "Shift", ["x"], ["y"],
-        [helper.make_node("Constant", [], ["c"], value=value), helper.make_node("Add", ["x", "c"], ["y"])],
-        opset_imports=[helper.make_opsetid("", 17)]))
-    model.opset_import.append(helper.make_opsetid("local", 1))
-    for node in model.graph.node:
-        node.input[:] = ["shifted" if name == "input" else name for name in node.input]
-    model.graph.node.insert(0, helper.make_node("Shift", ["input"], ["shifted"], "shift", domain="local"))
-    return model
-
-
 def test_4_external_data_in_a_function_constant_is_vetted(vendor, tmp_path):
     folder, model, path, data = vendor
     (tmp_path / "secret.bin").write_bytes(np.array(0.5, np.float32).tobytes())
-    _save(_with_function_constant(model, str(tmp_path / "secret.bin")), path)
+    _save(with_function_constant(model, str(tmp_path / "secret.bin")), path)
     assert_error(run("layers", path), 4, "outside the model's folder")
     (folder / "shift.bin").write_bytes(np.array(0.5, np.float32).tobytes())
-    _save(_with_function_constant(onnx.load(str(SHIPPED / "model.onnx")), "shift.bin"), path)
+    _save(with_function_constant(onnx.load(str(SHIPPED / "model.onnx")), "shift.bin"), path)
     result = run("profile", path, "--data", data, "--out", folder / "out", "--device", "cpu")
     assert result.exit_code == 0, result.output
 

@@ -309,19 +309,43 @@ def extra_input(ctx: CaseContext) -> Case:
 
 
 # --------------------------------------------------------------------------- external data
+def point_to_external(tensor: onnx.TensorProto, location: str, offset: str = "0", length: str | None = None) -> bytes:
+    """Make `tensor` refer to external data at `location` (its inline bytes are dropped and returned)."""
+    raw = tensor.raw_data
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", offset), ("length", length or str(len(raw)))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return raw
+
+
+def with_function_constant(model: onnx.ModelProto, location: str) -> onnx.ModelProto:
+    """Route the graph input through a model-local function whose Constant (a scalar 0.5) reads
+    external data at `location`: onnx's loader never looks into functions (issue 11, item 4)."""
+    value = numpy_helper.from_array(np.array(0.5, np.float32), "function_constant")
+    point_to_external(value, location)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    model.functions.append(helper.make_function(
+        "fuzz.local", "AddConstant", ["x"], ["y"],
+        [helper.make_node("Constant", [], ["c"], value=value), helper.make_node("Add", ["x", "c"], ["y"])],
+        opset_imports=[helper.make_opsetid("", opset)]))
+    model.opset_import.append(helper.make_opsetid("fuzz.local", 1))
+    first_input = model.graph.input[0].name
+    for node in model.graph.node:
+        node.input[:] = ["fuzz_shifted" if name == first_input else name for name in node.input]
+    model.graph.node.insert(0, helper.make_node("AddConstant", [first_input], ["fuzz_shifted"], "fuzz_call",
+                                                domain="fuzz.local"))
+    return model
+
+
 def _externalize(ctx: CaseContext, model: onnx.ModelProto, location: str, *, offset: str = "0",
                  length: str | None = None) -> onnx.TensorProto:
     """Move the largest inline initializer's bytes to `weights.bin` beside the model, referenced as `location`."""
     inline = [t for t in model.graph.initializer if t.data_location != TensorProto.EXTERNAL and t.raw_data]
     tensor = max(inline, key=lambda t: len(t.raw_data)) if inline else model.graph.initializer[0]
-    (ctx.inputs / "weights.bin").write_bytes(tensor.raw_data)
-    size = len(tensor.raw_data)
-    tensor.ClearField("raw_data")
-    tensor.data_location = TensorProto.EXTERNAL
-    del tensor.external_data[:]
-    for key, value in (("location", location), ("offset", offset), ("length", length or str(size))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
+    (ctx.inputs / "weights.bin").write_bytes(point_to_external(tensor, location, offset, length))
     return tensor
 
 
@@ -386,30 +410,11 @@ def external_data(ctx: CaseContext) -> Case:
 def function_constant(ctx: CaseContext) -> Case:
     """The input first goes through a model-local function whose Constant reads external data (item 4)."""
     path = ctx.copy_seed()
-    model = _load(path)
     where = ctx.pick(["absolute", "outside", "inside"])
-    value = numpy_helper.from_array(np.array(0.5, np.float32), "function_constant")
-    value.ClearField("raw_data")
-    value.data_location = TensorProto.EXTERNAL
     location = {"absolute": str(ctx.outside / "secret.bin"), "outside": "../../outside/secret.bin",
                 "inside": "constant.bin"}[where]
     (ctx.inputs / "constant.bin").write_bytes(np.array(0.5, np.float32).tobytes())
-    for key, entry_value in (("location", location), ("offset", "0"), ("length", "4")):
-        entry = value.external_data.add()
-        entry.key, entry.value = key, entry_value
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    function = helper.make_function(
-        "fuzz.local", "AddConstant", ["x"], ["y"],
-        [helper.make_node("Constant", [], ["c"], value=value), helper.make_node("Add", ["x", "c"], ["y"])],
-        opset_imports=[helper.make_opsetid("", opset)])
-    model.functions.append(function)
-    model.opset_import.append(helper.make_opsetid("fuzz.local", 1))
-    first_input = model.graph.input[0].name
-    for node in model.graph.node:
-        node.input[:] = ["fuzz_shifted" if name == first_input else name for name in node.input]
-    model.graph.node.insert(0, helper.make_node("AddConstant", [first_input], ["fuzz_shifted"], "fuzz_call",
-                                                domain="fuzz.local"))
-    _save(model, path)
+    _save(with_function_constant(_load(path), location), path)
     command = ctx.pick(["layers", "profile", "prune"])
     return Case("", ctx.command_args(command, path), f"function constant: {where}", expect_ok=where == "inside")
 
