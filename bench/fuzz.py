@@ -57,12 +57,17 @@ def main() -> int:
                             keep_failures=args.keep_failures, only=args.only, timeout_scale=args.timeout_scale,
                             progress=progress)
     results = [r.to_dict() for r in campaign.results]
+    failures = [r for r in results if r["outcome"] in {o.value for o in FAILURES}]
+    rows = [[r["index"], r["mutator"], r["args"][0], r["outcome"], r["exit_code"], r["seconds"]] for r in results]
+    seconds = time.time() - started
     if args.merge and args.out.exists():
         previous = json.loads(args.out.read_text())
         if previous.get("seed") == args.seed:
-            seen = {r["index"] for r in results}
-            results += [r for r in previous.get("results", []) if r["index"] not in seen]
-    report = summarise(results, args.seed, time.time() - started, args.workers)
+            seen = {row[0] for row in rows}
+            rows += [row for row in previous.get("cases_run", []) if row[0] not in seen]
+            failures += [f for f in previous.get("failures", []) if f["index"] not in seen]
+            seconds += previous.get("seconds", 0)
+    report = summarise(rows, failures, args.seed, seconds, args.workers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
@@ -70,22 +75,24 @@ def main() -> int:
     return 1 if report["failing_cases"] else 0
 
 
-def summarise(results: list[dict], seed: int, seconds: float, workers: int) -> dict:
-    results = sorted(results, key=lambda r: r["index"])
-    counts = {o.value: sum(r["outcome"] == o.value for r in results) for o in Outcome}
+ROW_FIELDS = ["index", "mutator", "command", "outcome", "exit_code", "seconds"]
+
+
+def summarise(rows: list[list], failures: list[dict], seed: int, seconds: float, workers: int) -> dict:
+    """Counts overall, per mutator and per command, every failure in full, and one compact row per case."""
+    rows = sorted(rows)
+    outcomes = [o.value for o in Outcome]
+    counts = {outcome: sum(row[3] == outcome for row in rows) for outcome in outcomes}
     by_mutator: dict[str, dict[str, int]] = {}
-    for r in results:
-        row = by_mutator.setdefault(r["mutator"], {})
-        row[r["outcome"]] = row.get(r["outcome"], 0) + 1
-    failing = [r for r in results if r["outcome"] in {o.value for o in FAILURES}]
-    by_command: dict[str, int] = {}
-    for r in results:
-        by_command[r["args"][0]] = by_command.get(r["args"][0], 0) + 1
-    return {"seed": seed, "cases": len(results), "counts": counts, "failing_cases": len(failing),
-            "by_mutator": dict(sorted(by_mutator.items())), "by_command": by_command,
-            "last_run_seconds": round(seconds, 1), "workers": workers,
-            "command": f"python bench/fuzz.py --n {len(results)} --seed {seed}",
-            "failures": failing, "results": results}
+    by_command: dict[str, dict[str, int]] = {}
+    for _, mutator, command, outcome, *_ in rows:
+        for table, key in ((by_mutator, mutator), (by_command, command)):
+            table.setdefault(key, {})[outcome] = table.setdefault(key, {}).get(outcome, 0) + 1
+    return {"seed": seed, "cases": len(rows), "counts": counts, "failing_cases": len(failures),
+            "by_mutator": dict(sorted(by_mutator.items())), "by_command": dict(sorted(by_command.items())),
+            "seconds": round(seconds, 1), "workers": workers,
+            "command": f"python bench/fuzz.py --n {len(rows)} --seed {seed}",
+            "failures": sorted(failures, key=lambda f: f["index"]), "row_fields": ROW_FIELDS, "cases_run": rows}
 
 
 def print_table(report: dict) -> None:
@@ -97,6 +104,9 @@ def print_table(report: dict) -> None:
         print(f"{outcome:<16}{report['counts'][outcome]:>8}{flag}")
     print(f"\n{'mutator':<20}" + "".join(f"{o[:12]:>13}" for o in outcomes))
     for name, row in report["by_mutator"].items():
+        print(f"{name:<20}" + "".join(f"{row.get(o, 0):>13}" for o in outcomes))
+    print(f"\n{'command':<20}" + "".join(f"{o[:12]:>13}" for o in outcomes))
+    for name, row in report["by_command"].items():
         print(f"{name:<20}" + "".join(f"{row.get(o, 0):>13}" for o in outcomes))
     for failure in report["failures"][:20]:
         print(f"  #{failure['index']} {failure['mutator']} ({failure['detail']}): {failure['outcome']} "
