@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from fp_onnx.cli.fine_prune import results_table
+from fp_onnx.cli.fine_prune import RESULT_MODELS, results_table
 from fp_onnx.cli.layers import format_table
 from fp_onnx.cli.options import show_progress
 from fp_onnx.data import open_dataset
@@ -19,6 +19,7 @@ from fp_onnx.outputs import prepare_output_dir
 from fp_onnx.prune import StopRule
 from fp_onnx.prune_point import find_prune_points, resolve_prune_point
 from fp_onnx.reporting import write_defense_outputs
+from fp_onnx.shipping import retire
 
 
 @click.command("demo")
@@ -30,6 +31,9 @@ def command(out_dir: Path, device: str) -> None:
     The model hides an all-to-all BadNets backdoor: a noise burst in the audio makes
     digit i come out as (i + 1) mod 10 (the paper's speech attack). The defender has
     clean validation data; the triggered test set only measures the attack.
+
+    Prints the verdict as `fine-prune` reaches it, but exits 0 whenever the demo ran: it
+    demonstrates the tool, and a backdoor that survives is one of the outcomes it shows.
     """
     from fp_onnx.models import shipped_demo
 
@@ -37,6 +41,7 @@ def command(out_dir: Path, device: str) -> None:
     card = json.loads(demo["model_card"].read_text())
     loaded = load_model(demo["model"])
     out_dir = prepare_output_dir(out_dir)
+    retire(out_dir, RESULT_MODELS)
     click.echo(f"vendor model: {demo['model']}")
     metrics = card.get("metrics", {})
     click.echo(f"model card: clean accuracy {metrics.get('clean_accuracy', float('nan')):.4f}, "
@@ -52,6 +57,10 @@ def command(out_dir: Path, device: str) -> None:
     settings = {"demo": True, "data": str(demo["clean_val"]), "test_data": str(demo["clean_test"]),
                 "trigger_data": str(demo["triggered_test"]), "stop_rule": config.rule.describe(),
                 "attack": "targeted (per-sample targets: (i + 1) mod 10)", "device": device}
-    written = write_defense_outputs(out_dir, result, loaded, settings, clean.take(np.arange(1)).x)
+    written, verdict = write_defense_outputs(out_dir, result, loaded, settings, clean.take(np.arange(1)).x)
     click.echo(results_table(result))
     click.echo("wrote " + ", ".join(str(path) for path in written))
+    click.echo(f"verdict: {verdict.summary}")
+    if verdict.exit_code:
+        click.echo(f"(`fp-onnx fine-prune` would exit {verdict.exit_code} and keep the model only as "
+                   f"{verdict.model}; the demo exits 0)")

@@ -21,10 +21,14 @@ from fp_onnx.cli.options import (
     trigger_option,
 )
 from fp_onnx.cli.prune import stop_rule_from, with_stop_rule
+from fp_onnx.cli.verdict_options import limits_from, max_accuracy_drop_option, max_attack_success_option
 from fp_onnx.defense import DefenseConfig, fine_prune
 from fp_onnx.outputs import prepare_output_dir
 from fp_onnx.report import TABLE_NAMES
 from fp_onnx.reporting import write_defense_outputs
+from fp_onnx.shipping import retire
+
+RESULT_MODELS = ["defended.onnx", "pruned.onnx"]
 
 
 @click.command("fine-prune")
@@ -41,6 +45,8 @@ from fp_onnx.reporting import write_defense_outputs
 @attack_options
 @layer_option
 @finetune_options
+@max_accuracy_drop_option
+@max_attack_success_option
 @click.option("--baselines", is_flag=True, help="Also run pruning-only and fine-tuning-only (paper Table 1).")
 @out_option
 @input_options
@@ -49,22 +55,35 @@ def command(**params) -> None:
 
     Writes defended.onnx (same inputs and outputs as the vendor's model), pruned.onnx,
     report.json, report.html (self-contained), activations.png and prune_curve.png.
+    The written defended.onnx is loaded back and judged before it gets its name: if its
+    outputs are not finite or its clean accuracy is more than --max-accuracy-drop below
+    the vendor's, it is kept as defended.onnx.rejected and the exit code is 7; if, with
+    --trigger-data, attack success stays above --max-attack-success, the same with exit 8.
     """
     rule = stop_rule_from(params)
+    limits = limits_from(params, rule)
     finetune = finetune_config_from(params)
     config = DefenseConfig(rule=rule, finetune=finetune, val_fraction=params["val_fraction"], seed=params["seed"],
-                           baselines=params["baselines"], batch_size=params["batch_size"])
+                           baselines=params["baselines"], batch_size=params["batch_size"],
+                           max_accuracy_drop=limits.max_accuracy_drop)
     inputs = open_inputs(params)
     val = dataset_from(params, params["val_path"]) if params["val_path"] else None
     test = dataset_from(params, params["test_path"]) if params["test_path"] else None
     out_dir = prepare_output_dir(params["out_dir"])
+    retire(out_dir, RESULT_MODELS)
+    options = runtime_from(params)
     result = fine_prune(inputs.loaded.model, inputs.point, inputs.clean, val=val, test=test,
                         triggered=inputs.triggered, attack=inputs.attack, config=config,
-                        options=runtime_from(params), progress=show_progress())
+                        options=options, progress=show_progress())
     settings = settings_of(params, rule, inputs.attack)
-    written = write_defense_outputs(out_dir, result, inputs.loaded, settings, inputs.clean.take(np.arange(1)).x)
+    written, verdict = write_defense_outputs(out_dir, result, inputs.loaded, settings,
+                                             inputs.clean.take(np.arange(1)).x, limits=limits, options=options,
+                                             batch_size=params["batch_size"])
     click.echo(results_table(result))
     click.echo("wrote " + ", ".join(str(path) for path in written))
+    if verdict.error() is not None:
+        raise verdict.error()
+    click.echo(f"verdict: {verdict.summary}")
 
 
 def settings_of(params: dict, rule, attack) -> dict:
@@ -79,8 +98,9 @@ def results_table(result) -> str:
     for name, row in result.table.items():
         success = "-" if row.attack_success is None else f"{row.attack_success:.4f}"
         lines.append(f"{TABLE_NAMES[name]:<26}{row.clean_accuracy:>16.4f}{success:>16}")
-    prune = result.prune
+    prune, tuned = result.prune, result.finetune
+    recoveries = f", {tuned.describe_recoveries()}" if tuned.recoveries else ""
     lines.append(f"(clean accuracy on {result.evaluated_on} data; pruned {prune.channels_pruned} of "
-                 f"{prune.curve.channels} channels; fine-tuned {result.finetune.best_epoch} epoch(s); "
+                 f"{prune.curve.channels} channels; fine-tuned {tuned.best_epoch} epoch(s){recoveries}; "
                  f"signature {'matches the vendor' if not result.signature_problems else 'DIFFERS'})")
     return "\n".join(lines)

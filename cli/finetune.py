@@ -13,14 +13,20 @@ from fp_onnx.cli.options import (
     load_from,
     model_argument,
     out_option,
+    runtime_from,
     show_progress,
 )
+from fp_onnx.cli.verdict_options import max_accuracy_drop_from, max_accuracy_drop_option
 from fp_onnx.data import split_dataset
 from fp_onnx.distributed import DistributedContext
 from fp_onnx.finetune import fine_tune
-from fp_onnx.outputs import prepare_output_dir, save_model, write_json
-from fp_onnx.reporting import model_identity
+from fp_onnx.guard import check_clean
+from fp_onnx.outputs import prepare_output_dir, write_json
+from fp_onnx.reporting import model_identity, training_note
+from fp_onnx.shipping import rejected_name, retire, ship_guarded
 from fp_onnx.signature import signature_differences
+
+MODEL_NAME = "finetuned.onnx"
 
 
 @click.command("finetune")
@@ -30,6 +36,7 @@ from fp_onnx.signature import signature_differences
               help="Clean labelled validation data for early stopping (default: hold out --val-fraction of --data).")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @finetune_options
+@max_accuracy_drop_option
 @out_option
 @input_options
 def command(**params) -> None:
@@ -37,8 +44,12 @@ def command(**params) -> None:
 
     Writes finetuned.onnx (the vendor graph with new weights: same inputs, outputs
     and ops) and finetune.json. Runs under `torchrun` for DistributedDataParallel.
+    finetuned.onnx is loaded back and measured on the validation data before it gets
+    its name; one with non-finite outputs or clean accuracy more than
+    --max-accuracy-drop below the vendor's is kept as finetuned.onnx.rejected (exit 7).
     """
     config = finetune_config_from(params)
+    max_drop = max_accuracy_drop_from(params)
     loaded = load_from(params)
     data = dataset_from(params, params["data_path"])
     if params["val_path"]:
@@ -47,14 +58,25 @@ def command(**params) -> None:
         train, val = split_dataset(data, params["val_fraction"], config.seed)
     context = DistributedContext.from_environment()
     out_dir = prepare_output_dir(params["out_dir"]) if context.is_main else None
-    result = fine_tune(loaded.model, train, val, config, progress=show_progress())
+    if context.is_main:
+        retire(out_dir, [MODEL_NAME])
+    options = runtime_from(params)
+    vendor = check_clean(loaded.model, val, options=options, batch_size=params["batch_size"])
+    result = fine_tune(loaded.model, train, val, config, accuracy_floor=vendor.accuracy - max_drop,
+                       progress=show_progress())
     if not context.is_main:
         return
+    model_path, guard = ship_guarded(result.model, out_dir, MODEL_NAME, vendor, val, max_drop, options=options,
+                                     batch_size=params["batch_size"])
     problems = signature_differences(loaded.model, result.model)
-    model_path = save_model(result.model, out_dir / "finetuned.onnx")
-    report = {"model": model_identity(loaded), "world_size": context.world_size, **result.to_dict(),
+    report = {"guard": guard.to_dict(), "model": model_identity(loaded), "finetuned_model": model_path.name,
+              "world_size": context.world_size, **result.to_dict(),
               "signature_check": {"matches_vendor": not problems, "differences": problems}}
     json_path = write_json(out_dir / "finetune.json", report)
+    recoveries = f", {result.describe_recoveries()}" if result.recoveries else ""
     click.echo(f"validation accuracy {result.initial_val_accuracy:.4f} -> {result.best_val_accuracy:.4f} "
-               f"(best epoch {result.best_epoch}, {result.seconds:.1f} s on {result.device}, {context.world_size} process(es))")
+               f"(best epoch {result.best_epoch}{recoveries}, {result.seconds:.1f} s on {result.device}, "
+               f"{context.world_size} process(es))")
     click.echo(f"wrote {model_path}, {json_path}")
+    if not guard.passed:
+        raise guard.error(rejected_name(MODEL_NAME), training_note(result))

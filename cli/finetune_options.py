@@ -4,13 +4,15 @@ from __future__ import annotations
 import click
 
 from fp_onnx.cli.options import FINITE_FLOAT, compose
+from fp_onnx.errors import BadOptionError
 from fp_onnx.finetune import OPTIMIZERS, FineTuneConfig
 
 finetune_options = compose(
     click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
                  help="Most epochs; training stops earlier once validation accuracy stops improving."),
     click.option("--lr", type=FINITE_FLOAT, default=0.001, show_default=True,
-                 help="Learning rate: small, as fine-tuning starts from trained weights."),
+                 help="Learning rate: small, as fine-tuning starts from trained weights. Tensors whose steps would "
+                      "be out of proportion with the rest (inputs on a 0-255 scale) get a lower one automatically."),
     click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True),
     click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True,
                  help="Epochs without validation improvement before stopping."),
@@ -19,6 +21,13 @@ finetune_options = compose(
     click.option("--mixed-precision", is_flag=True, help="Use float16 autocast on CUDA."),
     click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
                  help="Seed for splits, shuffling and noise."),
+    click.option("--max-recoveries", type=int, default=3, show_default=True,
+                 help="When training diverges (non-finite or exploding loss, collapsing validation accuracy) or "
+                      "ends below the accuracy --max-accuracy-drop allows though it started above it, restore good "
+                      "weights and lower the learning rate x0.1, at most this often; 0 turns recovery off."),
+    click.option("--clip-grad-norm", default="auto", show_default=True,
+                 help="Clip the global gradient norm: 'auto' (5x the start model's typical norm), a number, "
+                      "or 0 (off)."),
 )
 
 
@@ -27,5 +36,15 @@ def finetune_config_from(params: dict) -> FineTuneConfig:
     return FineTuneConfig(
         epochs=params["epochs"], lr=params["lr"], batch_size=params["batch_size"], optimizer=params["optimizer"],
         patience=params["patience"], noise=params["noise"], device=torch_device,
-        mixed_precision=params["mixed_precision"], seed=params["seed"],
+        mixed_precision=params["mixed_precision"], seed=params["seed"], max_recoveries=params["max_recoveries"],
+        clip_grad_norm=_clip_setting(params["clip_grad_norm"]),
     )
+
+
+def _clip_setting(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise BadOptionError(f"--clip-grad-norm {text}: use 'auto', 0 (off) or a positive number") from None

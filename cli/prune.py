@@ -17,10 +17,12 @@ from fp_onnx.cli.options import (
     show_progress,
     trigger_option,
 )
+from fp_onnx.cli.verdict_options import max_accuracy_drop_from, max_accuracy_drop_option
 from fp_onnx.errors import BadOptionError
 from fp_onnx.outputs import prepare_output_dir
 from fp_onnx.prune import StopRule, prune_defense
 from fp_onnx.reporting import write_profile_outputs, write_prune_outputs
+from fp_onnx.shipping import rejected_name, retire
 
 with_stop_rule = compose(
     click.option("--threshold", type=FINITE_FLOAT, default=None,
@@ -39,6 +41,7 @@ with_stop_rule = compose(
 @trigger_option
 @layer_option
 @attack_options
+@max_accuracy_drop_option
 @out_option
 @input_options
 def command(**params) -> None:
@@ -47,20 +50,28 @@ def command(**params) -> None:
     Channels go in increasing order of mean activation on --data until clean accuracy
     has dropped by more than --threshold; the last model within the threshold is kept.
     Writes pruned.onnx (smaller, same inputs/outputs), prune_curve.json,
-    prune_curve.png, profile.json and activations.png.
+    prune_curve.png, profile.json and activations.png. pruned.onnx is loaded back and
+    measured before it gets its name; one that fails --max-accuracy-drop (or has
+    non-finite outputs) is kept as pruned.onnx.rejected and the exit code is 7.
     """
     rule = stop_rule_from(params)
+    max_drop = max_accuracy_drop_from(params, rule)
     inputs = open_inputs(params)
     out_dir = prepare_output_dir(params["out_dir"])
+    retire(out_dir, ["pruned.onnx"])
+    options = runtime_from(params)
     outcome = prune_defense(inputs.loaded.model, inputs.point, inputs.clean, rule, triggered=inputs.triggered,
-                            attack=inputs.attack, options=runtime_from(params), batch_size=params["batch_size"],
+                            attack=inputs.attack, options=options, batch_size=params["batch_size"],
                             progress=show_progress())
     for note in outcome.profile.notes:
         click.echo(f"note: {note}", err=True)
     written = write_profile_outputs(out_dir, outcome.profile, inputs.loaded)
-    written += write_prune_outputs(out_dir, outcome, inputs.loaded)
+    model_outputs, guard = write_prune_outputs(out_dir, outcome, inputs.loaded, inputs.clean, max_accuracy_drop=max_drop,
+                                               options=options, batch_size=params["batch_size"])
     click.echo(prune_summary(outcome))
-    click.echo("wrote " + ", ".join(str(path) for path in written))
+    click.echo("wrote " + ", ".join(str(path) for path in written + model_outputs))
+    if not guard.passed:
+        raise guard.error(rejected_name("pruned.onnx"))
 
 
 def stop_rule_from(params: dict) -> StopRule:

@@ -22,6 +22,7 @@ from fp_onnx.data import Dataset, split_dataset
 from fp_onnx.errors import BadDataError, BadOptionError
 from fp_onnx.evaluate import Measurement, measure
 from fp_onnx.finetune import FineTuneConfig, FineTuneResult, fine_tune
+from fp_onnx.guard import max_accuracy_drop_for
 from fp_onnx.metrics import AttackSpec
 from fp_onnx.prune import PruneOutcome, StopRule, prune_defense
 from fp_onnx.prune_point import PrunePoint
@@ -41,10 +42,30 @@ class DefenseConfig:
     baselines: bool = False
     """Also run pruning-only and fine-tuning-only, for the paper's Table 1 row."""
     batch_size: int = 64
+    max_accuracy_drop: float | None = None
+    """What the result may lose in clean validation accuracy against the vendor (None: the threshold rule's value,
+    else 0.04). Fine-tuning that makes a usable model drop below it recovers at a lower learning rate."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise BadOptionError(f"--val-fraction {self.val_fraction}: must lie strictly between 0 and 1")
+        max_accuracy_drop_for(self.max_accuracy_drop, self.rule)
+
+    @property
+    def accuracy_drop_limit(self) -> float:
+        return max_accuracy_drop_for(self.max_accuracy_drop, self.rule)
+
+
+@dataclass(frozen=True)
+class DefenseData:
+    """The data a run was judged on, kept for checking the written files the same way."""
+
+    val: Dataset
+    """Clean validation data (ranking, stopping, early stopping, the guard)."""
+    scored: Dataset
+    """Clean data of the results table: the test data when given, else `val`."""
+    triggered: Dataset | None = None
+    attack: AttackSpec | None = None
 
 
 @dataclass
@@ -59,6 +80,7 @@ class DefenseResult:
     signature_problems: list[str]
     finetune_only: FineTuneResult | None = None
     models: dict[str, onnx.ModelProto] = field(default_factory=dict, repr=False)
+    data: DefenseData | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {
@@ -105,12 +127,13 @@ def fine_prune(
     if config.baselines:
         table["pruning"] = evaluate(pruned.surgery.model)
     clock = time.perf_counter()
-    tuned = fine_tune(pruned.surgery.model, train, val, config.finetune, progress=progress)
+    floor = pruned.curve.clean_accuracy[0] - config.accuracy_drop_limit  # the vendor's validation accuracy minus it
+    tuned = fine_tune(pruned.surgery.model, train, val, config.finetune, accuracy_floor=floor, progress=progress)
     seconds["fine_tune"] = time.perf_counter() - clock
     finetune_only = None
     if config.baselines:
         clock = time.perf_counter()
-        finetune_only = fine_tune(model, train, val, config.finetune, progress=progress)
+        finetune_only = fine_tune(model, train, val, config.finetune, accuracy_floor=floor, progress=progress)
         seconds["fine_tune_only_baseline"] = time.perf_counter() - clock
         table["fine-tuning"] = evaluate(finetune_only.model)
         models["fine-tuning"] = finetune_only.model
@@ -129,4 +152,5 @@ def fine_prune(
         signature_problems=signature_differences(model, tuned.model),
         finetune_only=finetune_only,
         models=models,
+        data=DefenseData(val, scored, triggered, attack),
     )

@@ -56,6 +56,14 @@ class DistributedContext:
         device_ids = [self.local_rank] if next(module.parameters()).is_cuda else None
         return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
+    def mean(self, value: float, device: torch.device) -> float:
+        """`value` averaged over all ranks (the value itself without torchrun); NaN and inf propagate."""
+        if not self.active:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return float(tensor) / self.world_size
+
     def shard(self, order: np.ndarray) -> np.ndarray:
         """This rank's share of an epoch's sample order (every rank gets the same count)."""
         if not self.active:

@@ -45,3 +45,15 @@ class BadOptionError(FpOnnxError):
     """A flag value or a combination of flags that makes no sense."""
 
     exit_code = 2
+
+
+class ModelRejectedError(FpOnnxError):
+    """The model we wrote failed the clean-accuracy guard (non-finite outputs or too large a drop): not shipped."""
+
+    exit_code = 7
+
+
+class BackdoorRemainsError(FpOnnxError):
+    """The defense ran and the model is usable, but attack success is still above --max-attack-success."""
+
+    exit_code = 8

@@ -16,26 +16,38 @@ are never returned: they are what we distrust, and a backdoor survives in them.
 tensor W gets Gaussian noise of standard deviation `noise * std(W)` (relative,
 so one σ means the same for every layer), which moves the start away from a
 minimum the attacker may have prepared.
+
+Fine-tuning must never hand back a broken model quietly. The run is calibrated on
+its first batches (layer-wise learning-rate scales for inputs on a 0-255 scale,
+automatic gradient clipping: `fp_onnx.calibration`), watched on every batch and
+epoch (`fp_onnx.divergence`), and trouble restores good weights and lowers the
+learning rate, a bounded number of times (`fp_onnx.recovery`); every recovery is
+recorded.
+What is optimised and how (optimizer, schedule, extra loss terms) is the recipe's
+business (`fp_onnx.recipe`); the protection is the same for every recipe. Whether
+the result may ship is decided on the written file (`fp_onnx.guard`).
 """
 from __future__ import annotations
 
-import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 
 from fp_onnx.batch import has_fixed_batch_of_one, make_batch_symbolic
 from fp_onnx.converters import onnx_to_torch, write_back
 from fp_onnx.data import Dataset, check_fits, check_labels
 from fp_onnx.distributed import DistributedContext
+from fp_onnx.divergence import DivergenceMonitor
 from fp_onnx.errors import BadDataError, BadOptionError
 from fp_onnx.inference import single_input
+from fp_onnx.recipe import find_recipe
+from fp_onnx.recovery import RecoveringRun
 from fp_onnx.signature import class_count
-from fp_onnx.progress import progress_bar
+from fp_onnx.training import Trainer
 
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
@@ -56,6 +68,20 @@ class FineTuneConfig:
     device: str = "auto"
     mixed_precision: bool = False
     seed: int = 0
+    recipe: str = "paper"
+    """Which registered recipe (`fp_onnx.recipe`) supplies optimizer, schedule and extra loss terms."""
+    max_recoveries: int = 3
+    """How often a divergence may be answered by restoring the last good weights and lowering the lr; 0: never."""
+    lr_backoff: float = 0.1
+    """Each recovery multiplies every learning rate by this."""
+    clip_grad_norm: float | str = "auto"
+    """Clip the (layer-scaled) global gradient norm: 'auto' (5x the start model's median), a norm, or 0 (off)."""
+    collapse_drop: float = 0.10
+    """An epoch whose validation accuracy is more than this below the start model's counts as diverged."""
+    loss_blowup: float = 4.0
+    """A smoothed training loss above this many times the start loss (and above it plus ln(classes)) diverged."""
+    layer_scale_spread: float = 10.0
+    """Tensors whose relative step is more than this many times the network's median get a lower lr; 0: never."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -71,6 +97,19 @@ class FineTuneConfig:
             raise BadOptionError(f"--noise {self.noise}: must be 0 or more")
         if self.patience < 1:
             raise BadOptionError("--patience must be at least 1")
+        if self.max_recoveries < 0:
+            raise BadOptionError(f"--max-recoveries {self.max_recoveries}: must be 0 or more")
+        if self.clip_grad_norm != "auto" and (isinstance(self.clip_grad_norm, str) or self.clip_grad_norm < 0):
+            raise BadOptionError(f"--clip-grad-norm {self.clip_grad_norm}: use 'auto', 0 (off) or a positive norm")
+        if not 0 < self.lr_backoff < 1:
+            raise BadOptionError(f"lr_backoff {self.lr_backoff}: must lie strictly between 0 and 1")
+        if not 0 < self.collapse_drop <= 1:
+            raise BadOptionError(f"collapse_drop {self.collapse_drop}: must lie in (0, 1]")
+        if self.layer_scale_spread < 0:
+            raise BadOptionError(f"layer_scale_spread {self.layer_scale_spread}: must be 0 (off) or more")
+        if self.loss_blowup <= 1:
+            raise BadOptionError(f"loss_blowup {self.loss_blowup}: must be above 1")
+        find_recipe(self.recipe)
 
 
 @dataclass
@@ -84,6 +123,12 @@ class FineTuneResult:
     device: str = "cpu"
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
+    recoveries: list[dict] = field(default_factory=list)
+    """Every problem that was answered by restoring weights and lowering the learning rate."""
+    failure: str | None = None
+    """The problem training ended on with recoveries spent (or off): a divergence, or ending below the floor."""
+    final_lr: float = 0.0
+    calibration: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -93,8 +138,25 @@ class FineTuneResult:
             "initial_val_accuracy": self.initial_val_accuracy,
             "best_epoch": self.best_epoch,
             "best_val_accuracy": self.best_val_accuracy,
+            "failure": self.failure,
+            "recoveries": self.recoveries,
+            "final_lr": self.final_lr,
+            "calibration": {key: _json_number(value) for key, value in self.calibration.items()},
             "history": self.history,
         }
+
+    def describe_recoveries(self) -> str:
+        """'' or e.g. '2 recoveries (lr 0.001 -> 1e-05)'; for one-line summaries."""
+        if not self.recoveries:
+            return ""
+        count = len(self.recoveries)
+        return (f"{count} recover{'y' if count == 1 else 'ies'} "
+                f"(lr {self.recoveries[0]['lr_before']:g} -> {self.recoveries[-1]['lr_after']:g})")
+
+
+def _json_number(value):
+    """NaN/inf are not JSON: a measurement that came out non-finite is written as null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def torch_device(requested: str) -> torch.device:
@@ -111,9 +173,19 @@ def fine_tune(
     val: Dataset,
     config: FineTuneConfig = FineTuneConfig(),
     *,
+    accuracy_floor: float | None = None,
     progress: bool = False,
 ) -> FineTuneResult:
-    """Fine-tune `model` on `train`, stop early on `val` accuracy, return the written-back ONNX model."""
+    """Fine-tune `model` on `train`, stop early on `val` accuracy, return the written-back ONNX model.
+
+    A divergence, or ending below `accuracy_floor` (the lowest validation accuracy
+    the result may ship with) from a start at or above it, restores good weights and
+    lowers the learning rate, at most `max_recoveries` times (`fp_onnx.recovery`).
+    Once that budget is spent (or is 0), `failure` says why; the best fine-tuned
+    epoch is returned, or, when none survived, the diverged weights themselves, so
+    the check of the written model rejects them rather than shipping the vendor's
+    weights under a new name.
+    """
     spec = single_input(model)
     for dataset in (train, val):
         check_fits(dataset, spec)
@@ -128,24 +200,27 @@ def fine_tune(
     module = onnx_to_torch(trainable).to(device)
     if config.noise:
         add_weight_noise(module, config.noise, config.seed)
-    trainer = _Trainer(module, kind, config, device, context)
+    steps = math.ceil(len(context.shard(np.arange(len(train)))) / config.batch_size)
+    trainer = Trainer(module, kind, config, device, context, steps)
     result = FineTuneResult(model=model, device=device.type, config=asdict(config))
-    result.initial_val_accuracy = trainer.evaluate(val)
-    best, best_state, best_epoch, stale = -1.0, None, 0, 0
-    for epoch in range(1, config.epochs + 1):
-        loss = trainer.train_epoch(train, epoch, progress and context.is_main)
-        val_accuracy = trainer.evaluate(val)
-        result.history.append({"epoch": epoch, "train_loss": loss, "val_accuracy": val_accuracy})
-        stale = 0 if val_accuracy > best + 1e-9 else stale + 1
-        if val_accuracy >= best:  # ties go to the later, longer fine-tuned epoch
-            best, best_state, best_epoch = val_accuracy, copy.deepcopy(module.state_dict()), epoch
-        if stale >= config.patience:
-            break
-    module.load_state_dict(best_state)
+    start = trainer.evaluate(val)
+    result.initial_val_accuracy = start.accuracy
+    calibration = trainer.calibrate(train)
+    result.calibration = {**calibration.to_dict(), "clip_threshold": trainer.clip_threshold,
+                          "lr_scales": {module.onnx_names.get(k, k): v for k, v in calibration.lr_scales.items()}}
+    monitor = DivergenceMonitor(calibration.reference_loss, _classes(model), start.accuracy,
+                                config.loss_blowup, config.collapse_drop)
+    RecoveringRun(trainer, train, val, monitor, result, accuracy_floor, progress and context.is_main).run()
     result.model = write_back(model, module.cpu())
-    result.best_epoch, result.best_val_accuracy = best_epoch, best
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _classes(model: onnx.ModelProto) -> int:
+    """Number of classes from the output shape (2 when unknown: only sets the loss bound's floor)."""
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    sizes = [d.dim_value for d in dims[1:] if d.HasField("dim_value")]
+    return int(np.prod(sizes)) if sizes and len(sizes) == len(dims) - 1 else 2
 
 
 def _trainable_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -186,16 +261,6 @@ def output_kind(model: onnx.ModelProto) -> str:
     return kinds.get(producer.op_type, "logits") if producer is not None else "logits"
 
 
-def classification_loss(scores: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
-    """Cross-entropy for whatever the vendor's graph outputs (softmax outputs are common)."""
-    scores = scores.reshape(scores.shape[0], -1).float()
-    if kind == "probabilities":
-        return F.nll_loss(torch.log(scores.clamp_min(1e-12)), labels)
-    if kind == "log_probabilities":
-        return F.nll_loss(scores, labels)
-    return F.cross_entropy(scores, labels)
-
-
 def add_weight_noise(module: torch.nn.Module, relative_std: float, seed: int) -> None:
     """W += N(0, (relative_std * std(W))^2) for every multi-element parameter (paper §4)."""
     generator = torch.Generator().manual_seed(seed + 1)
@@ -204,52 +269,3 @@ def add_weight_noise(module: torch.nn.Module, relative_std: float, seed: int) ->
             if parameter.numel() > 1:
                 noise = torch.randn(parameter.shape, generator=generator) * relative_std * parameter.detach().float().std()
                 parameter.add_(noise.to(parameter.device, parameter.dtype))
-
-
-class _Trainer:
-    """One model, one optimizer: epochs of SGD/Adam and evaluation, on one device (or DDP ranks)."""
-
-    def __init__(self, module, kind: str, config: FineTuneConfig, device: torch.device, context: DistributedContext):
-        self.module, self.kind, self.config, self.device, self.context = module, kind, config, device, context
-        self.model = context.wrap(module)
-        parameters = [p for p in module.parameters() if p.requires_grad]
-        if config.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
-                                             weight_decay=config.weight_decay)
-        else:
-            self.optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
-        self.autocast = config.mixed_precision and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast)
-
-    def train_epoch(self, train: Dataset, epoch: int, progress: bool) -> float:
-        self.model.train()
-        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(train))
-        order = self.context.shard(order)
-        labels = torch.from_numpy(train.labels)
-        total, count = 0.0, 0
-        with progress_bar(len(order), f"fine-tune epoch {epoch}", enabled=progress) as bar:
-            for start in range(0, len(order), self.config.batch_size):
-                indices = np.sort(order[start : start + self.config.batch_size])
-                batch = train.take(indices)
-                x = torch.from_numpy(np.asarray(batch.x, dtype=np.float32)).to(self.device)
-                y = labels[indices].to(self.device)
-                self.optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(self.device.type, enabled=self.autocast):
-                    loss = classification_loss(self.model(x), y, self.kind)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                total += float(loss.detach()) * len(indices)
-                count += len(indices)
-                bar.update(len(indices))
-        return total / max(1, count)
-
-    @torch.no_grad()
-    def evaluate(self, dataset: Dataset) -> float:
-        self.module.eval()
-        correct = 0
-        for batch in dataset.batches(max(self.config.batch_size, 256)):
-            x = torch.from_numpy(np.asarray(batch.x, dtype=np.float32)).to(self.device)
-            scores = self.module(x).reshape(len(batch.x), -1)
-            correct += int((scores.argmax(1).cpu().numpy() == batch.y).sum())
-        return correct / len(dataset)

@@ -95,17 +95,17 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
     return Path(path)
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, data_name: str | None = None) -> Path:
     """Save a model atomically, inline when it fits in one protobuf.
 
-    Models above 2 GiB keep their weights in `<name>.data` beside the file (the
-    data file is written first, so the model never points at a missing file).
+    Models above 2 GiB keep their weights in `data_name` (default `<name>.data`) beside
+    the file (the data file is written first, so the model never points at a missing file).
     """
     path = Path(path)
     if model.ByteSize() <= PROTOBUF_LIMIT:
         return write_bytes(path, model.SerializeToString())
     model = _copy(model)
-    data_name = f"{path.name}.data"
+    data_name = data_name or f"{path.name}.data"
     with atomic_path(path.parent / data_name) as temporary_data:
         onnx.external_data_helper.convert_model_to_external_data(model, location=temporary_data.name)
         onnx.external_data_helper.write_external_data_tensors(model, str(path.parent))

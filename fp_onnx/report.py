@@ -22,7 +22,8 @@ from fp_onnx import __version__
 from fp_onnx.outputs import write_text
 
 TABLE_NAMES = {"none": "None (vendor model)", "pruning": "Pruning", "fine-tuning": "Fine-Tuning",
-               "fine-pruning": "Fine-Pruning (defended)"}
+               "fine-pruning": "Fine-Pruning"}
+"""Row names of the paper's Table 1. Neutral on purpose: whether a row is 'defended' is the verdict's call."""
 
 
 def library_versions() -> dict:
@@ -63,15 +64,52 @@ def _cost_table(report: dict) -> str:
              f"{after[key] / before[key]:.3f}" if before[key] else "–"]
             for label, key in (("parameters", "parameters"), ("FLOPs per sample", "flops"),
                                ("onnxruntime latency, batch 1 (ms)", "latency_ms"))]
-    return _rows(["", "vendor", "defended", "ratio"], rows)
+    return _rows(["", "vendor", "fine-pruned", "ratio"], rows)
+
+
+def _verdict_section(report: dict) -> str:
+    verdict = report["verdict"]
+    css = "ok" if verdict["status"] == "defended" else "bad"
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in verdict["reasons"])
+    measured = verdict["measured"]
+    rows = [["clean accuracy (validation data)", f"{measured['clean_accuracy']:.4f}",
+             f"vendor {measured['vendor_clean_accuracy']:.4f}, drop at most {verdict['limits']['max_accuracy_drop']:g}"],
+            ["outputs that are not finite", str(measured["nonfinite_outputs"]), "none"],
+            ["attack success", "not measured" if measured["attack_success"] is None else f"{measured['attack_success']:.4f}",
+             f"at most {verdict['limits']['max_attack_success']:g}"]]
+    return (f'<h2>Verdict</h2><p class="{css}"><strong>{html.escape(verdict["summary"])}</strong></p>'
+            + (f"<ul>{reasons}</ul>" if len(verdict["reasons"]) > 1 else "")
+            + f"<p>Model file: <code>{html.escape(verdict['model'])}</code> (exit code {verdict['exit_code']}).</p>"
+            + _rows(["check (on the written file)", "measured", "limit"], rows))
+
+
+def _finetune_section(finetune: dict) -> str:
+    def number(value, fmt):
+        return "–" if value is None else format(value, fmt)
+
+    rows = [[h["epoch"], f"{h['lr']:g}", number(h["train_loss"], ".4f"),
+             "–" if h["val_accuracy"] is None else _percent(h["val_accuracy"]), h["diverged"] or ""]
+            for h in finetune["history"]]
+    table = _rows(["epoch", "learning rate", "train loss", "validation accuracy", "divergence"], rows)
+    recoveries = "".join(f"<li>epoch {r['epoch']}: {html.escape(r['reason'])}; restored the weights of epoch "
+                         f"{r['restored_epoch']}, lr {r['lr_before']:g} → {r['lr_after']:g}</li>"
+                         for r in finetune["recoveries"])
+    notes = f"<p>Recoveries:</p><ul>{recoveries}</ul>" if recoveries else "<p>No divergence: no recovery needed.</p>"
+    if finetune["failure"]:
+        notes += f'<p class="bad">Training ended on a problem it could not recover from: {html.escape(finetune["failure"])}</p>'
+    scales = finetune["calibration"].get("lr_scales") or {}
+    if scales:
+        notes += "<p>Learning rate scaled down for tensors whose step was out of proportion: " + ", ".join(
+            f"<code>{html.escape(name)}</code> ×{scale:.2g}" for name, scale in scales.items()) + "</p>"
+    return table + notes
 
 
 def _signature_section(report: dict) -> str:
     check = report["defense"]["signature_check"]
     if check["matches_vendor"]:
-        return '<p class="ok">The defended model has the vendor\'s inputs and outputs (names, types, shapes): it drops into the same inference server.</p>'
+        return '<p class="ok">The fine-pruned model has the vendor\'s inputs and outputs (names, types, shapes): it drops into the same inference server.</p>'
     items = "".join(f"<li>{html.escape(d)}</li>" for d in check["differences"])
-    return f'<p class="bad">The defended model\'s signature differs from the vendor\'s:</p><ul>{items}</ul>'
+    return f'<p class="bad">The fine-pruned model\'s signature differs from the vendor\'s:</p><ul>{items}</ul>'
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
@@ -89,8 +127,10 @@ def render_html(report: dict, plots: dict[str, Path]) -> str:
     attack = report["settings"].get("attack")
     attack_text = "no triggered data given" if attack is None else html.escape(str(attack))
     sections = [
-        f"<h1>fp-onnx fine-pruning report</h1><p>Vendor model <code>{html.escape(report['vendor']['path'])}</code>, "
-        f"SHA-256 <code>{report['vendor']['sha256']}</code>.<br>Defended model <code>{html.escape(report['defended']['path'])}</code>, "
+        "<h1>fp-onnx fine-pruning report</h1>",
+        _verdict_section(report),
+        f"<p>Vendor model <code>{html.escape(report['vendor']['path'])}</code>, "
+        f"SHA-256 <code>{report['vendor']['sha256']}</code>.<br>Output model <code>{html.escape(report['defended']['path'])}</code>, "
         f"SHA-256 <code>{report['defended']['sha256']}</code>.</p>",
         f"<h2>Result</h2><p>{summary}</p><p>Attack: {attack_text}.</p>{_results_table(report)}",
         f"<h2>Deployment check</h2>{_signature_section(report)}{_cost_table(report)}",
@@ -98,9 +138,7 @@ def render_html(report: dict, plots: dict[str, Path]) -> str:
                                                  "sorted by clean activation (paper Fig. 4)"),
         "<h2>Prune curve</h2>" + _image(plots["prune_curve"], "Clean accuracy and attack success vs fraction of channels "
                                          "pruned; the dotted line marks where the defense stopped (paper Fig. 6)"),
-        "<h2>Fine-tuning</h2>" + _rows(["epoch", "train loss", "validation accuracy"],
-                                      [[h["epoch"], f"{h['train_loss']:.4f}", _percent(h["val_accuracy"])]
-                                       for h in defense["finetune"]["history"]]),
+        "<h2>Fine-tuning</h2>" + _finetune_section(defense["finetune"]),
         "<h2>Settings and versions</h2>" + _rows(["setting", "value"], [[k, v] for k, v in report["settings"].items()])
         + _rows(["library", "version"], [[k, v] for k, v in report["versions"].items()]),
     ]

@@ -44,6 +44,24 @@ def export_onnx(model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> P
     return path
 
 
+CAFFE_OPSET = 9
+
+
+def export_caffe_style(model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> Path:
+    """Export `model` (logits out) the way Caffe-era converters wrote graphs, for vendor-style tests.
+
+    Opset 9, a fixed batch of 1, every initializer also listed as a graph input, input
+    "data" and a Softmax output "prob" (what the paper authors' DeepID release looks like
+    once converted). Inputs are whatever scale the model takes; such models often take raw
+    0-255 pixels with no normalisation inside the graph.
+    """
+    wrapped = nn.Sequential(model, nn.Softmax(dim=1)).eval()
+    dummy = torch.zeros(1, *input_shape, dtype=torch.float32)
+    torch.onnx.export(wrapped, (dummy,), str(path), dynamo=False, opset_version=CAFFE_OPSET,
+                      keep_initializers_as_inputs=True, input_names=["data"], output_names=["prob"])
+    return path
+
+
 def save_npz(path: Path, x: np.ndarray, y: np.ndarray, target: np.ndarray | None = None,
              dtype: type = np.float32) -> Path:
     """Write one data set (compressed, no objects, so it loads without pickle)."""

@@ -45,3 +45,20 @@ def zoo_model(zoo_path: Callable[[str, str], Path]) -> Callable[[str, str], onnx
 
     return get
 # ============================================================ end model zoo
+
+
+# ============================================================ trained vendor models (session-cached)
+@pytest.fixture(scope="session")
+def backdoored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A BadNets-backdoored speech model trained in seconds (tests/backdoor_fixture.py) and its data."""
+    from backdoor_fixture import build_backdoored
+
+    return build_backdoored(tmp_path_factory.mktemp("backdoored"))
+
+
+@pytest.fixture(scope="session")
+def raw_pixel(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A Caffe-style vendor model taking 0-255 inputs with no normalisation inside (fp_onnx.models.raw_pixel)."""
+    from fp_onnx.models.raw_pixel import build_raw_pixel_speech
+
+    return build_raw_pixel_speech(tmp_path_factory.mktemp("raw_pixel"))

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from backdoor_fixture import TARGET, build_backdoored
+from backdoor_fixture import TARGET
 from fp_onnx.cli.main import cli
 from fp_onnx.data import open_dataset
 from fp_onnx.defense import DefenseConfig, fine_prune
@@ -28,11 +28,6 @@ from fp_onnx.signature import signature_of
 CPU = RuntimeOptions(device="cpu")
 FAST = FineTuneConfig(epochs=8, patience=3, device="cpu", batch_size=64)
 THRESHOLD = 0.04
-
-
-@pytest.fixture(scope="module")
-def backdoored(tmp_path_factory):
-    return build_backdoored(tmp_path_factory.mktemp("backdoored"))
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +98,13 @@ def test_fine_prune_cli_writes_the_report(backdoored, tmp_path):
         str(backdoored["clean_test"]), "--trigger-data", str(backdoored["triggered"]), "--target", str(TARGET),
         "--epochs", "2", "--device", "cpu", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "Fine-Pruning (defended)" in result.output
+    assert "Fine-Pruning " in result.output and "(defended)" not in result.output  # neutral row names
     report = json.loads((tmp_path / "report.json").read_text())
+    assert list(report)[0] == "verdict" and report["verdict"]["status"] == "defended"
+    assert report["verdict"]["measured"]["attack_success"] <= 0.05 and report["verdict"]["exit_code"] == 0
+    assert result.output.strip().splitlines()[-1] == f"verdict: {report['verdict']['summary']}"
+    assert "backdoor gone" in report["verdict"]["summary"] and report["defended"]["shipped"] is True
+    assert not (tmp_path / "defended.onnx.rejected").exists()
     assert report["defense"]["evaluated_on"] == "test"
     assert report["defense"]["signature_check"]["matches_vendor"] is True
     assert report["vendor"]["sha256"] != report["defended"]["sha256"]

@@ -48,7 +48,7 @@ def test_every_seed_is_accepted(campaign_root, command):
         ctx = CaseContext(np.random.default_rng(0), seeds, folder, outside, seed_name=name)
         case = Case("valid_seed", ctx.command_args(command, ctx.copy_seed()), name, expect_ok=True)
         result = run_case(case, folder, [campaign_root / "seeds", outside])
-        assert result.outcome == Outcome.OK.value, (name, result)
+        assert result.outcome in (Outcome.OK.value, Outcome.REJECTED_RESULT.value), (name, result)
 
 
 def _file_digests(folder: Path) -> dict[str, str]:
@@ -119,10 +119,12 @@ def _classified(tmp_path, *, code=0, hung=False, stderr="", out_files=(), change
     ({"code": 3, "stderr": "\x1b[1;31m[E:onnxruntime:, x] boom\x1b[m\nerror: y\n"}, Outcome.STRAY_OUTPUT),
     ({"code": 3, "stderr": "error: y\nerror: z\n"}, Outcome.STRAY_OUTPUT),
     ({"code": 3, "stderr": "error: valid model refused\n", "expect_ok": True}, Outcome.REFUSED_VALID),
+    ({"code": 7, "stderr": "error: pruned.onnx rejected\n", "out_files": [("pruned.onnx.rejected", b"x")],
+      "expect_ok": True}, Outcome.REJECTED_RESULT),
 ])
 def test_classifier(tmp_path, kwargs, expected):
     assert _classified(tmp_path, **kwargs) == expected
-    assert (expected in FAILURES) == (expected not in (Outcome.OK, Outcome.CLEAN_ERROR))
+    assert (expected in FAILURES) == (expected not in (Outcome.OK, Outcome.CLEAN_ERROR, Outcome.REJECTED_RESULT))
 
 
 def test_harness_runs_the_real_cli(tmp_path):

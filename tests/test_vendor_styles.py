@@ -37,8 +37,10 @@ def vendor(request, tmp_path_factory):
 
 def test_fine_prune_keeps_the_vendor_signature(vendor, tmp_path):
     model, data = vendor
+    # Random weights and one epoch: accuracy is not the point here, so the guard may accept any finite model.
     result = CliRunner().invoke(cli, ["fine-prune", str(model), "--data", str(data), "--fraction", "0.25",
-                                      "--epochs", "1", "--device", "cpu", "--out", str(tmp_path)])
+                                      "--epochs", "1", "--device", "cpu", "--out", str(tmp_path),
+                                      "--max-accuracy-drop", "1"])
     assert result.exit_code == 0, result.output
     defended = onnx.load(tmp_path / "defended.onnx")
     onnx.checker.check_model(defended, full_check=True)

@@ -28,6 +28,9 @@ class Outcome(str, Enum):
     OK = "ok"
     CLEAN_ERROR = "clean_error"
     """Exit 2-6 with exactly one `error: ...` line on stderr."""
+    REJECTED_RESULT = "rejected_result"
+    """Exit 7 or 8 with one `error:` line: the defense ran, but the written model failed the guard or the
+    backdoor remains; it is kept as `<name>.rejected` (the README's verdict codes, not a failure)."""
     INTERNAL_ERROR = "internal_error"
     """Exit 70: an exception fp-onnx did not expect (a bug)."""
     TRACEBACK = "traceback"
@@ -45,8 +48,9 @@ class Outcome(str, Enum):
     """A valid input that did not succeed."""
 
 
-FAILURES = frozenset(Outcome) - {Outcome.OK, Outcome.CLEAN_ERROR}
-DOCUMENTED_ERRORS = range(2, 7)
+FAILURES = frozenset(Outcome) - {Outcome.OK, Outcome.CLEAN_ERROR, Outcome.REJECTED_RESULT}
+DOCUMENTED_ERRORS = range(2, 9)
+VERDICT_CODES = (7, 8)
 TIMEOUTS = {"layers": 60, "profile": 180, "prune": 240, "finetune": 300, "fine-prune": 420}
 MEMORY_CAP = 8 * 1024**3
 """Address-space cap per case; the CLI plans its memory within it (fp_onnx.memory reads RLIMIT_AS)."""
@@ -141,7 +145,7 @@ def classify(case, code: int | None, hung: bool, stdout: str, stderr: str, befor
         return Outcome.INTERNAL_ERROR, ""
     if code is None or code < 0 or (code != 0 and code not in DOCUMENTED_ERRORS):
         return Outcome.CRASH, f"exit code {code}"
-    partial = partial_outputs(folder / "out", succeeded=code == 0)
+    partial = partial_outputs(folder / "out", succeeded=code == 0 or code in VERDICT_CODES)
     if partial:
         return Outcome.PARTIAL_OUTPUT, partial
     lines = [line for line in stderr.splitlines() if line.strip()]
@@ -150,8 +154,10 @@ def classify(case, code: int | None, hung: bool, stdout: str, stderr: str, befor
     if len(ours) != len(lines) or (code != 0 and (len(errors) != 1 or lines[-1] != errors[0])) or (
             code == 0 and errors):
         return Outcome.STRAY_OUTPUT, next((line for line in lines if line not in ours), lines[-1] if lines else "")[:200]
-    if case.expect_ok and code != 0:
+    if case.expect_ok and code not in (0, *VERDICT_CODES):
         return Outcome.REFUSED_VALID, errors[0][:200]
+    if code in VERDICT_CODES:
+        return Outcome.REJECTED_RESULT, ""
     return (Outcome.OK, "") if code == 0 else (Outcome.CLEAN_ERROR, "")
 
 

@@ -1,0 +1,128 @@
+"""The clean-accuracy guard: is the model file we wrote fit to ship?
+
+Whatever happened in memory, what a user deploys is the file on disk. So the guard
+loads the *written* file back through the same untrusted-model path as any vendor
+file (`fp_onnx.loading.load_model`), runs it in onnxruntime on the clean validation
+data, and demands two things:
+
+* every output is finite (a NaN or inf anywhere means the weights are broken, even
+  when the arg-max happens to look right);
+* clean accuracy is at most `max_accuracy_drop` (absolute, like the prune threshold)
+  below the vendor model's, measured on the same data the same way.
+
+A model that fails is not shipped under its result name (`fp_onnx.shipping`), and
+the CLI exits with `ModelRejectedError`'s code.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+
+from fp_onnx.data import Dataset, check_fits
+from fp_onnx.errors import BadDataError, BadOptionError, ModelRejectedError
+from fp_onnx.inference import ModelRunner, predictions
+from fp_onnx.loading import DEFAULT_MAX_BYTES, load_model
+from fp_onnx.runtime import RuntimeOptions
+
+DEFAULT_MAX_ACCURACY_DROP = 0.04
+"""The paper's stop threshold: what the defense may cost in clean accuracy (absolute)."""
+
+
+def max_accuracy_drop_for(given: float | None, rule=None) -> float:
+    """The guard's limit: `given`, else the threshold a `StopRule` stopped at, else 0.04."""
+    if given is not None:
+        if not 0.0 <= given <= 1.0:
+            raise BadOptionError(f"--max-accuracy-drop {given}: must lie in [0, 1]")
+        return given
+    if rule is not None and rule.kind == "threshold":
+        return rule.value
+    return DEFAULT_MAX_ACCURACY_DROP
+
+
+@dataclass(frozen=True)
+class CleanCheck:
+    """Clean accuracy of one model, with the number of samples whose outputs were not finite."""
+
+    accuracy: float
+    samples: int
+    nonfinite_samples: int
+
+    @property
+    def finite(self) -> bool:
+        return self.nonfinite_samples == 0
+
+
+def check_clean(model: onnx.ModelProto, data: Dataset, *, options: RuntimeOptions = RuntimeOptions(),
+                batch_size: int = 64) -> CleanCheck:
+    """Run `model` on labelled `data`; outputs with NaN/inf count as wrong and are counted."""
+    if data.labels is None:
+        raise BadDataError(f"{data.source}: checking clean accuracy needs labels ('y')")
+    if len(data) == 0:
+        raise BadDataError(f"{data.source}: holds no samples")
+    runner = ModelRunner(model, options=options)
+    check_fits(data, runner.input)
+    correct, nonfinite = 0, 0
+    for batch in data.batches(runner.batch_size(batch_size)):
+        scores = runner.run(batch.x)[runner.output]
+        finite = np.isfinite(scores.reshape(len(scores), -1)).all(axis=1)
+        correct += int(((predictions(scores) == batch.y) & finite).sum())
+        nonfinite += int((~finite).sum())
+    return CleanCheck(correct / len(data), len(data), nonfinite)
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    """The written file measured against the vendor model on the same clean data."""
+
+    file: str
+    vendor: CleanCheck
+    written: CleanCheck
+    max_accuracy_drop: float
+
+    @property
+    def accuracy_drop(self) -> float:
+        return self.vendor.accuracy - self.written.accuracy
+
+    @property
+    def passed(self) -> bool:
+        return self.written.finite and self.accuracy_drop <= self.max_accuracy_drop + 1e-12
+
+    def reasons(self) -> list[str]:
+        """What failed and by how much, one phrase per failure (empty when it passed)."""
+        reasons = []
+        if not self.written.finite:
+            reasons.append(f"{self.written.nonfinite_samples} of {self.written.samples} validation outputs "
+                           f"are not finite (NaN/inf)")
+        if self.accuracy_drop > self.max_accuracy_drop + 1e-12:
+            reasons.append(f"clean accuracy {self.written.accuracy:.4f} is {self.accuracy_drop:.4f} below the "
+                           f"vendor's {self.vendor.accuracy:.4f} (limit {self.max_accuracy_drop:g})")
+        return reasons
+
+    def error(self, kept_as: str, context: str = "") -> ModelRejectedError | None:
+        """The one-line error for a failed guard, or None."""
+        if self.passed:
+            return None
+        suffix = f"; {context}" if context else ""
+        return ModelRejectedError(f"{self.file} rejected: {'; '.join(self.reasons())}{suffix}; kept as {kept_as}")
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "passed": self.passed, "reasons": self.reasons(),
+                "measured": {"vendor": asdict(self.vendor), "written": asdict(self.written),
+                             "accuracy_drop": self.accuracy_drop},
+                "limits": {"max_accuracy_drop": self.max_accuracy_drop, "outputs_finite": True},
+                "data": "clean validation data"}
+
+
+def guard_written_model(path: str | os.PathLike, vendor: CleanCheck, data: Dataset, max_accuracy_drop: float, *,
+                        name: str, options: RuntimeOptions = RuntimeOptions(), batch_size: int = 64,
+                        max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[GuardResult, onnx.ModelProto]:
+    """Load the file at `path` like any untrusted model and measure it against `vendor` (see module docstring).
+
+    Returns the result and the model as loaded from disk (for further measurements of the same bytes).
+    """
+    written = load_model(path, max_bytes=max_bytes).model
+    return GuardResult(name, vendor, check_clean(written, data, options=options, batch_size=batch_size),
+                       max_accuracy_drop), written
