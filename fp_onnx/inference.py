@@ -106,7 +106,7 @@ class ModelRunner:
         self._batch_checked = True
         try:
             batched = self._run(self._batched_session, sample)
-        except BadDataError:
+        except (BadDataError, BadModelError):  # the batch-symbolic copy fails where the vendor graph does not
             self._fall_back_to_per_sample("the graph breaks with a larger batch")
             return
         single = _concatenate([self._run(self._session, sample[i : i + 1]) for i in range(len(sample))])
@@ -120,8 +120,11 @@ class ModelRunner:
         try:
             values = session.run(names, {self.input.name: x})
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped errors on bad feeds
-            raise run_failure(exc, f"onnxruntime rejected a batch of shape {list(x.shape)} for input "
-                                   f"{self.input.describe()}", BadDataError) from None
+            # A node failing on a batch that fits the input is the graph's fault; a refused feed is the data's.
+            inside_node = "while running" in str(exc)
+            raise run_failure(exc, f"onnxruntime {'failed running the model on' if inside_node else 'rejected'} a "
+                                   f"batch of shape {list(x.shape)} for input {self.input.describe()}",
+                              BadModelError if inside_node else BadDataError) from None
         for name, value in zip(names, values):
             if value.shape[:1] != (len(x),):
                 raise BadModelError(

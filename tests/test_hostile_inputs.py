@@ -332,15 +332,20 @@ def test_targets_must_be_class_ids(vendor, flags, pattern):
     assert_error(result, 2, pattern)
 
 
-def test_finetune_names_the_node_torch_cannot_run(vendor):
-    """A conv weight resized without its bias passes onnx's checks; torch's conv refuses it."""
+def test_a_node_that_fails_on_the_vendors_weights_is_a_bad_model(vendor):
+    """A conv weight resized without its bias passes onnx's checks; onnxruntime's and torch's convs refuse it."""
+    from fp_onnx.converters import onnx_to_torch
+    from fp_onnx.errors import BadModelError
+
     folder, model, path, data = vendor
     weight = next(t for t in model.graph.initializer if t.name == "onnx::Conv_64")
     array = numpy_helper.to_array(weight)
     weight.CopyFrom(numpy_helper.from_array(np.resize(array, (array.shape[0] + 2, *array.shape[1:])), weight.name))
     _save(model, path)
     result = run("finetune", path, "--data", data, "--out", folder / "out", "--device", "cpu", "--epochs", "1")
-    assert_error(result, 3, "fails in PyTorch")
+    assert_error(result, 3, "onnxruntime failed running the model")
+    with pytest.raises(BadModelError, match=r"node '/conv2/conv2.0/Conv' .* fails in PyTorch"):
+        onnx_to_torch(load_model(path).model)(torch.zeros(1, 1, 32, 32))
 
 
 def test_an_unknown_tensor_data_type_is_a_bad_model(vendor):
