@@ -7,11 +7,14 @@ asks for FP_ONNX_DEBUG=1, which shows the traceback instead.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+import warnings
 
 import click
+import numpy as np
 
 from fp_onnx import __version__
 from fp_onnx.errors import FpOnnxError, ResourceLimitError
@@ -38,7 +41,8 @@ class FpOnnxGroup(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            result = super().main(args, prog_name or "fp-onnx", complete_var, standalone_mode=False, **extra)
+            with _quiet_libraries():
+                result = super().main(args, prog_name or "fp-onnx", complete_var, standalone_mode=False, **extra)
         except FpOnnxError as exc:
             _fail(str(exc), exc.exit_code)
         except click.exceptions.Abort:
@@ -54,6 +58,19 @@ class FpOnnxGroup(click.Group):
                 raise
             _fail(f"internal error: {exc.__class__.__name__}: {exc}; rerun with FP_ONNX_DEBUG=1 and report it", INTERNAL_ERROR)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Python warnings from libraries (numpy overflow on a vendor's extreme weights, matplotlib plotting
+    infinities, torch deprecations) are not ours to show: stderr carries only our `note:`/`error:` lines.
+    What such values mean is reported by fp-onnx itself (e.g. the guard's non-finite output check)."""
+    if os.environ.get("FP_ONNX_DEBUG"):
+        yield
+        return
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _fail(message: str, code: int) -> None:

@@ -352,3 +352,17 @@ def test_an_unknown_tensor_data_type_is_a_bad_model(vendor):
     _, model, path, _ = vendor
     model.graph.initializer[0].data_type = 999  # onnx's checker raises ValueError, not ValidationError
     assert_error(run("layers", _save(model, path)), 3, "Invalid tensor data type 999")
+
+
+def test_library_warnings_on_extreme_weights_never_reach_stderr(vendor):
+    """The last conv's weights scaled by 1e38 overflow to inf: numpy warns in the prune sweep (a subprocess,
+    since pytest would capture Python warnings itself); stderr must still hold only fp-onnx's own lines."""
+    folder, model, path, data = vendor
+    weight = next(t for t in model.graph.initializer if t.name == "conv5.0.weight")
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(1e38), weight.name))
+    _save(model, path)
+    command = [Path(sys.executable).parent / "fp-onnx", "prune", path, "--data", data, "--out", folder / "out",
+               "--device", "cpu", "--fraction", "0.25"]
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert all(line.startswith(("note: ", "error: ")) for line in lines), result.stderr
