@@ -3,23 +3,24 @@ from __future__ import annotations
 
 import click
 
-from fp_onnx.cli.options import compose
+from fp_onnx.cli.options import FINITE_FLOAT, compose
 from fp_onnx.errors import BadOptionError
 from fp_onnx.finetune import OPTIMIZERS, FineTuneConfig
 
 finetune_options = compose(
     click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
                  help="Most epochs; training stops earlier once validation accuracy stops improving."),
-    click.option("--lr", type=float, default=0.001, show_default=True,
+    click.option("--lr", type=FINITE_FLOAT, default=0.001, show_default=True,
                  help="Learning rate: small, as fine-tuning starts from trained weights. Tensors whose steps would "
                       "be out of proportion with the rest (inputs on a 0-255 scale) get a lower one automatically."),
     click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True),
     click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True,
                  help="Epochs without validation improvement before stopping."),
-    click.option("--noise", type=float, default=0.0, show_default=True,
+    click.option("--noise", type=FINITE_FLOAT, default=0.0, show_default=True,
                  help="Add Gaussian noise of this relative std to every weight before fine-tuning (paper §4)."),
     click.option("--mixed-precision", is_flag=True, help="Use float16 autocast on CUDA."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, shuffling and noise."),
+    click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+                 help="Seed for splits, shuffling and noise."),
     click.option("--max-recoveries", type=int, default=3, show_default=True,
                  help="When training diverges (non-finite or exploding loss, collapsing validation accuracy) or "
                       "ends below the accuracy --max-accuracy-drop allows though it started above it, restore good "

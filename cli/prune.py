@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from fp_onnx.cli.options import (
+    FINITE_FLOAT,
     attack_options,
     compose,
     data_option,
@@ -24,10 +25,10 @@ from fp_onnx.reporting import write_profile_outputs, write_prune_outputs
 from fp_onnx.shipping import rejected_name, retire
 
 with_stop_rule = compose(
-    click.option("--threshold", type=float, default=None,
+    click.option("--threshold", type=FINITE_FLOAT, default=None,
                  help="Stop before clean validation accuracy drops by more than this ABSOLUTE amount "
                       "(0.04 = 4 points, the paper's choice). Default when no other rule is given: 0.04."),
-    click.option("--fraction", type=float, default=None, help="Instead: prune this fraction of the channels."),
+    click.option("--fraction", type=FINITE_FLOAT, default=None, help="Instead: prune this fraction of the channels."),
     click.option("--channels", type=int, default=None, help="Instead: prune this many channels."),
 )
 """The stop rule of the pruning defense: one of --threshold, --fraction, --channels."""
