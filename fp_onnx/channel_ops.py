@@ -14,6 +14,7 @@ use this one table.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -57,11 +58,24 @@ ChannelHandler = Callable[[gs.Node, int, int, int], "ChannelRule | None"]
 _HANDLERS: dict[str, ChannelHandler] = {}
 
 
-def channel_op(*op_types: str) -> Callable[[ChannelHandler], ChannelHandler]:
-    """Register `handler(node, input_index, axis, rank) -> ChannelRule | None` for `op_types`."""
+def channel_op(*op_types: str, replace: bool = False) -> Callable[[ChannelHandler], ChannelHandler]:
+    """Register `handler(node, input_index, axis, rank) -> ChannelRule | None` for `op_types`.
+
+    This is the public way to teach prune-point discovery and surgery a vendor op that works
+    per channel (a contrib activation, say). Registering an op type twice raises ValueError
+    unless `replace=True`, so a typo never silently overrides a built-in rule.
+
+    Example::
+
+        @channel_op("Mish")
+        def mish(node, index, axis, rank):
+            return ChannelRule(axis) if index == 0 else None
+    """
 
     def register(handler: ChannelHandler) -> ChannelHandler:
         for op_type in op_types:
+            if op_type in _HANDLERS and not replace:
+                raise ValueError(f"a channel rule for {op_type} is already registered; pass replace=True")
             _HANDLERS[op_type] = handler
         return handler
 
@@ -102,7 +116,16 @@ _UNARY: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "HardSigmoid": lambda v, a: np.clip(a.get("alpha", 0.2) * v + a.get("beta", 0.5), 0, 1),
     "Softplus": lambda v, a: np.log1p(np.exp(v)),
     "Exp": lambda v, a: np.exp(v),
+    "Gelu": lambda v, a: _gelu(v, a.get("approximate", "none")),
 }
+
+
+def _gelu(v: np.ndarray, approximate: str) -> np.ndarray:
+    """GELU (opset 20): x * Phi(x), or its tanh approximation."""
+    v = np.asarray(v, dtype=np.float64)
+    if approximate == "tanh":
+        return 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))
+    return 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2)))
 
 
 @channel_op(*_UNARY)

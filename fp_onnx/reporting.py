@@ -22,7 +22,7 @@ def write_profile_outputs(out_dir: Path, profile: ActivationProfile, loaded: Loa
         out_dir / "activations.png",
         profile.clean.mean_activation,
         None if profile.triggered is None else profile.triggered.mean_activation,
-        title=f"{loaded.path.name}: mean activation of {point.conv} ({point.channels} channels)",
+        title=f"{loaded.path.name}: mean activation of {point.label} ({point.channels} channels)",
     )
     payload = {"model": model_identity(loaded), **profile.to_dict(), "plot": plot.name}
     return [write_json(out_dir / "profile.json", payload), plot]
@@ -44,7 +44,7 @@ def write_prune_outputs(out_dir: Path, outcome: PruneOutcome, loaded: LoadedMode
     curve = outcome.curve
     model_path = save_model(outcome.surgery.model, out_dir / "pruned.onnx")
     plot = plot_outcome_curve(out_dir / "prune_curve.png", outcome,
-                              f"{loaded.path.name}: pruning {outcome.profile.prune_point.conv}")
+                              f"{loaded.path.name}: pruning {outcome.profile.prune_point.label}")
     payload = {
         "model": model_identity(loaded),
         "prune_point": outcome.profile.prune_point.to_dict(),
@@ -69,7 +69,7 @@ def write_defense_outputs(out_dir: Path, result, loaded: LoadedModel, settings: 
     pruned = save_model(prune.surgery.model, out_dir / "pruned.onnx")
     profile_paths = write_profile_outputs(out_dir, prune.profile, loaded)
     curve_plot = plot_outcome_curve(out_dir / "prune_curve.png", prune,
-                                    f"{loaded.path.name}: pruning {prune.profile.prune_point.conv}")
+                                    f"{loaded.path.name}: pruning {prune.profile.prune_point.label}")
     report = {
         "vendor": model_identity(loaded),
         "defended": {"path": str(defended), "sha256": sha256_of(defended)},

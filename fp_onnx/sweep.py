@@ -41,6 +41,7 @@ import onnx_graphsurgeon as gs
 from fp_onnx.batch import has_fixed_batch_of_one, make_batch_symbolic
 from fp_onnx.data import Dataset, check_fits
 from fp_onnx.errors import BadModelError
+from fp_onnx.graph import constant_value
 from fp_onnx.inference import ModelRunner, predictions
 from fp_onnx.profile import channels_first
 from fp_onnx.progress import progress_bar
@@ -100,18 +101,35 @@ def cut_at(model: onnx.ModelProto, point: PrunePoint) -> GraphCut:
 
 
 def _downstream(graph: gs.Graph, start: str) -> list[gs.Node]:
-    """Nodes reachable from tensor `start`, plus the Constant nodes they read, in graph order."""
+    """Nodes reachable from tensor `start`, plus the nodes that make the constants they read
+    (`Constant` nodes, and the `Identity` chains over initializers that the TorchScript exporter
+    writes for deduplicated weights), in graph order."""
     reached: set[str] = {start}
     nodes: list[gs.Node] = []
     for node in graph.toposort().nodes:
         if any(t.name in reached for t in node.inputs):
             nodes.append(node)
             reached.update(t.name for t in node.outputs)
-    constants = [
-        producer for node in nodes for tensor in node.inputs
-        for producer in tensor.inputs if producer.op == "Constant" and producer not in nodes
-    ]
+    constants: list[gs.Node] = []
+    for tensor in [t for node in nodes for t in node.inputs]:
+        for maker in _constant_makers(tensor):
+            if maker not in nodes and maker not in constants:
+                constants.append(maker)
     return constants + nodes
+
+
+def _constant_makers(tensor: gs.Tensor) -> list[gs.Node]:
+    """The Identity/Constant nodes that compute the constant `tensor`, first one first; [] otherwise."""
+    if constant_value(tensor) is None:
+        return []
+    makers = []
+    while tensor.inputs:
+        maker = tensor.inputs[0]
+        makers.append(maker)
+        if maker.op != "Identity":
+            break
+        tensor = maker.inputs[0]
+    return makers[::-1]
 
 
 def _logits_tensor(nodes: Sequence[gs.Node], output: str) -> str:
@@ -150,7 +168,7 @@ def _is_affine_step(node: gs.Node, traced: set[str]) -> bool:
 
 
 def _is_constant(tensor: gs.Tensor) -> bool:
-    return isinstance(tensor, gs.Constant) or any(p.op == "Constant" for p in tensor.inputs)
+    return constant_value(tensor) is not None
 
 
 def step_masks(order: Sequence[int], channels: int, steps: Sequence[int]) -> np.ndarray:
