@@ -165,10 +165,11 @@ def _vendor_names(model: onnx.ModelProto, graph: gs.Graph,
                   features: list[FeatureTensor]) -> dict[str, tuple[str, ...]]:
     """Feature tensor -> the layer names that identify it (see `_ordered`)."""
     scopes = node_scopes(model)
-    sizes: dict[str, int] = {}
-    for node_scopes_ in scopes.values():
-        for scope in node_scopes_:
-            sizes[scope] = sizes.get(scope, 0) + 1
+    sizes: dict[str, int] = {}  # computing nodes per layer (not the Constant nodes of Clip bounds)
+    for node in model.graph.node:
+        if node.op_type not in ("Constant", "Identity"):
+            for scope in scopes[node.name]:
+                sizes[scope] = sizes.get(scope, 0) + 1
     owner = {t.name: (f.tensor.name, i) for f in features for i, node in enumerate(f.chain) for t in node.outputs}
     found: dict[str, list[tuple[str, int]]] = {}
     for scope, tensor in layer_outputs(graph, scopes).items():

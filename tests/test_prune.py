@@ -23,9 +23,10 @@ SWEEP_CASES = [
     ("deepid", "legacy", "conv3", "affine-prefix"),
     ("deepid", "dynamo", "conv3", "affine-prefix"),
     ("deepid", "dynamo", "default", "affine-prefix"),
-    ("resnet18", "legacy", "default", "masked-tail"),
+    ("resnet18", "legacy", "default", "running-sum"),
+    ("resnet18", "legacy", "block", "affine-prefix"),
     ("mobilenetv2", "legacy", "default", "running-sum"),
-    ("squeezenet", "legacy", "default", "masked-tail"),
+    ("squeezenet", "legacy", "default", "affine-prefix"),
     ("keras_nhwc", "helper", "default", "running-sum"),
     ("caffe", "helper", "default", "affine-prefix"),
 ]
@@ -34,6 +35,8 @@ SWEEP_CASES = [
 def _point(model, which):
     if which == "default":
         return resolve_prune_point(model, None)
+    if which == "block":  # an inner residual block: the tail holds later residual Adds
+        return resolve_prune_point(model, "layers.1")
     return next(p for p in find_prune_points(model) if p.channels == 16 and p.spatial == (5, 4))
 
 
