@@ -22,7 +22,7 @@ channel), made without changing the graph.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -90,15 +90,8 @@ def find_prune_points(model: onnx.ModelProto) -> list[PrunePoint]:
     `model` must have inferred shapes and named nodes (fp_onnx.loading.load_model guarantees both).
     Raises BadModelError when the model has no channelled feature map.
     """
-    graph = import_graph(model)
-    features = feature_tensors(graph)
-    if not features:
-        raise BadModelError(f"model '{graph.name}' has no convolutional feature map (no tensor with a known "
-                            "channel axis and spatial dims); fine-pruning needs one to prune")
-    names = _vendor_names(model, graph, features)
-    default = _default_index(graph, features)
-    return [_point(graph, feature, names.get(feature.tensor.name, ()), i == default)
-            for i, feature in enumerate(features)]
+    graph, candidates = _candidates(model)
+    return [_planned(graph, point) for point in candidates]
 
 
 def resolve_prune_point(model: onnx.ModelProto, layer: str | None, *, model_name: str = "MODEL") -> PrunePoint:
@@ -106,7 +99,11 @@ def resolve_prune_point(model: onnx.ModelProto, layer: str | None, *, model_name
 
     `layer` may be the feature tensor, any node or tensor of its chain, or a vendor layer name
     (`layer4.1`, `conv_3`) that identifies one prune point. `model_name` only appears in messages."""
-    points = find_prune_points(model)
+    graph, points = _candidates(model)
+    return _planned(graph, _named_point(model, points, layer, model_name))
+
+
+def _named_point(model: onnx.ModelProto, points: list[PrunePoint], layer: str | None, model_name: str) -> PrunePoint:
     if layer is None:
         return next(p for p in points if p.is_default)
     for point in points:
@@ -127,14 +124,26 @@ def resolve_prune_point(model: onnx.ModelProto, layer: str | None, *, model_name
 
 
 # --------------------------------------------------------------------------- building points
-def _point(graph: gs.Graph, feature: FeatureTensor, names: tuple[str, ...], is_default: bool) -> PrunePoint:
-    width = feature.width
-    plan = describe_removal(graph, feature.tensor.name, feature.channels.axis, width, range(0, width, 2))
-    return PrunePoint(
-        tensor=feature.tensor.name, channels=width, channel_axis=feature.channels.axis, spatial=feature.spatial(),
-        is_default=is_default, producer=feature.producer.name, op_type=feature.producer.op,
-        chain=tuple(n.name for n in feature.chain), names=names, removable=plan.removes, sources=plan.sources,
-        selections=plan.selections, mask_reason=plan.reason)
+def _candidates(model: onnx.ModelProto) -> tuple[gs.Graph, list[PrunePoint]]:
+    """The graph and its prune points, not yet planned (removability comes from `_planned`)."""
+    graph = import_graph(model)
+    features = feature_tensors(graph)
+    if not features:
+        raise BadModelError(f"model '{graph.name}' has no convolutional feature map (no tensor with a known "
+                            "channel axis and spatial dims); fine-pruning needs one to prune")
+    names = _vendor_names(model, graph, features)
+    default = _default_index(graph, features)
+    return graph, [PrunePoint(
+        tensor=f.tensor.name, channels=f.width, channel_axis=f.channels.axis, spatial=f.spatial(),
+        is_default=i == default, producer=f.producer.name, op_type=f.producer.op,
+        chain=tuple(n.name for n in f.chain), names=names.get(f.tensor.name, ())) for i, f in enumerate(features)]
+
+
+def _planned(graph: gs.Graph, point: PrunePoint) -> PrunePoint:
+    """`point` with what surgery would do to it (planned for every other channel, graph unchanged)."""
+    plan = describe_removal(graph, point.tensor, point.channel_axis, point.channels, range(0, point.channels, 2))
+    return replace(point, removable=plan.removes, sources=plan.sources, selections=plan.selections,
+                   mask_reason=plan.reason)
 
 
 def _default_index(graph: gs.Graph, features: list[FeatureTensor]) -> int:
