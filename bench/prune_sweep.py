@@ -85,20 +85,25 @@ class Case:
 
 
 def centre_classifier(module: torch.nn.Module, x: np.ndarray) -> torch.nn.Module:
-    """Set the last Linear layer's bias to minus its mean input response on `x`.
+    """Shift the last Linear (or, for conv classifiers like SqueezeNet's, the last Conv2d) layer's bias
+    so that its mean output on `x` is zero.
 
     A randomly initialised net sends nearly every input to one class (ReLU features share a
     large mean direction), so its prune curve would stay flat at 1.0. Centring the class
     scores on the data, as training would roughly do, spreads the predictions over the
     classes, so the curve falls as channels go and compares the two methods on real work.
     """
-    last = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
-    inputs = []
-    handle = last.register_forward_hook(lambda _m, args, _out: inputs.append(args[0]))
+    last = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+    outputs = []
+    handle = last.register_forward_hook(lambda _m, _args, out: outputs.append(out))
     with torch.no_grad():
         module(torch.from_numpy(x))
         handle.remove()
-        last.bias.copy_(-last.weight @ torch.cat(inputs).mean(dim=0))
+        out = torch.cat(outputs)
+        mean = out.mean(dim=0) if out.ndim == 2 else out.mean(dim=(0, 2, 3))
+        if last.bias is None:
+            last.bias = torch.nn.Parameter(torch.zeros_like(mean))
+        last.bias.sub_(mean)
     return module
 
 

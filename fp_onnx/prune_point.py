@@ -30,6 +30,7 @@ import onnx_graphsurgeon as gs
 from fp_onnx.errors import BadModelError, BadOptionError
 from fp_onnx.feature_maps import FeatureTensor, feature_tensors
 from fp_onnx.graph import import_graph, is_graph_output, nodes_by_name, producer
+from fp_onnx.surgery.context import GraphIndex
 from fp_onnx.surgery.plan import describe_removal
 from fp_onnx.vendor_names import layer_outputs, node_scopes, short_names
 
@@ -91,7 +92,8 @@ def find_prune_points(model: onnx.ModelProto) -> list[PrunePoint]:
     Raises BadModelError when the model has no channelled feature map.
     """
     graph, candidates = _candidates(model)
-    return [_planned(graph, point) for point in candidates]
+    index = GraphIndex.of(graph)
+    return [_planned(graph, point, index) for point in candidates]
 
 
 def resolve_prune_point(model: onnx.ModelProto, layer: str | None, *, model_name: str = "MODEL") -> PrunePoint:
@@ -139,9 +141,10 @@ def _candidates(model: onnx.ModelProto) -> tuple[gs.Graph, list[PrunePoint]]:
         chain=tuple(n.name for n in f.chain), names=names.get(f.tensor.name, ())) for i, f in enumerate(features)]
 
 
-def _planned(graph: gs.Graph, point: PrunePoint) -> PrunePoint:
+def _planned(graph: gs.Graph, point: PrunePoint, index: GraphIndex | None = None) -> PrunePoint:
     """`point` with what surgery would do to it (planned for every other channel, graph unchanged)."""
-    plan = describe_removal(graph, point.tensor, point.channel_axis, point.channels, range(0, point.channels, 2))
+    plan = describe_removal(graph, point.tensor, point.channel_axis, point.channels, range(0, point.channels, 2),
+                            index)
     return replace(point, removable=plan.removes, sources=plan.sources, selections=plan.selections,
                    mask_reason=plan.reason)
 
@@ -190,12 +193,12 @@ def _vendor_names(model: onnx.ModelProto, graph: gs.Graph,
 
 def _ordered(paths: list[tuple[str, int]], sizes: dict[str, int]) -> tuple[str, ...]:
     """Layer names, the label first: the deepest layer of several nodes (a residual block rather than
-    its last activation), else the deepest layer, ties to the block's first op (a conv rather than
-    its activation); then the others from deepest to outermost. Each path is followed by its
-    short name (tf2onnx)."""
+    its last activation), else the deepest layer, ties to the layer whose output is the feature
+    tensor itself (Keras' `conv5_block3_out` rather than `conv5_block3_add`); then the others from
+    deepest to outermost. Each path is followed by its short name (tf2onnx)."""
     def key(entry: tuple[str, int]) -> tuple[int, int]:
         path, position = entry
-        return -(path.count(".") + path.count("/")), position
+        return -(path.count(".") + path.count("/")), -position
 
     ranked = [path for path, _ in sorted(set(paths), key=key)]
     blocks = [p for p in ranked if sizes.get(p, 0) > 1]

@@ -9,7 +9,9 @@ Exporters keep the source framework's layer names in node names or metadata:
 * torch's dynamo exporter names nodes `node_Conv_12` but stores the module paths
   in the metadata entry `pkg.torch.onnx.name_scopes` (`['', 'layer4', 'layer4.1', ...]`);
 * tf2onnx names nodes after the TensorFlow ops of a Keras layer, `model_1/conv_3/BiasAdd`:
-  the Keras layer is `conv_3` (full path `model_1/conv_3`).
+  the Keras layer is `conv_3` (full path `model_1/conv_3`). Keras 3 models traced in a
+  `tf.function` add a call suffix to the model's and every layer's scope
+  (`resnet50_1/conv5_block3_out_1/Relu`), which is dropped when all of them have one.
 
 A layer name identifies a tensor when the layer has exactly one output that other
 layers read: `layer4.1` names the output of that residual block, `conv_3` the
@@ -18,6 +20,7 @@ output of that Keras layer.
 from __future__ import annotations
 
 import ast
+import re
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -25,14 +28,31 @@ import onnx_graphsurgeon as gs
 from fp_onnx.graph import constant_value
 
 _DYNAMO_SCOPES = "pkg.torch.onnx.name_scopes"
+_CALL_SUFFIX = re.compile(r"_\d+$")
 
 
 def node_scopes(model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
     """Node name -> the layer paths it belongs to, outermost first (empty when the name says nothing)."""
-    return {node.name: _scopes(node) for node in model.graph.node}
+    tf_parts = {node.name: node.name.split("/")[:-1] for node in model.graph.node
+                if "/" in node.name and not node.name.startswith("/") and not _dynamo_scopes(node)}
+    # Keras 3 models traced in a tf.function name the model's and every layer's scope `<name>_1`
+    # (`resnet50_1/conv5_block3_out_1/Relu`): when every model and layer part carries such a suffix,
+    # strip it from those two parts, so `conv5_block3_out` names its layer.
+    layer_parts = [part for parts in tf_parts.values() for part in parts[:2]]
+    strip = bool(layer_parts) and all(_CALL_SUFFIX.search(part) for part in layer_parts)
+    scopes = {}
+    for node in model.graph.node:
+        parts = tf_parts.get(node.name)
+        if parts is None:
+            scopes[node.name] = _scopes(node)
+        else:
+            if strip:
+                parts = [_CALL_SUFFIX.sub("", part) for part in parts[:2]] + parts[2:]
+            scopes[node.name] = tuple("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return scopes
 
 
-def _scopes(node: onnx.NodeProto) -> tuple[str, ...]:
+def _dynamo_scopes(node: onnx.NodeProto) -> tuple[str, ...] | None:
     for entry in node.metadata_props:
         if entry.key == _DYNAMO_SCOPES:
             try:
@@ -41,10 +61,14 @@ def _scopes(node: onnx.NodeProto) -> tuple[str, ...]:
                 return ()
             # The last entry is the traced call (`conv2d_3`), not a module.
             return tuple(str(n) for n in names[:-1] if n)
-    parts = node.name.split("/")
-    if node.name.startswith("/"):
-        return _torch_paths(parts[1:-1])
-    return tuple("/".join(parts[:i]) for i in range(1, len(parts))) if len(parts) > 1 else ()
+    return None
+
+
+def _scopes(node: onnx.NodeProto) -> tuple[str, ...]:
+    dynamo = _dynamo_scopes(node)
+    if dynamo is not None:
+        return dynamo
+    return _torch_paths(node.name.split("/")[1:-1]) if node.name.startswith("/") else ()
 
 
 def _torch_paths(parts: list[str]) -> tuple[str, ...]:

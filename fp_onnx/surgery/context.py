@@ -15,6 +15,7 @@ edit of a constant that another node also reads gives the edited node its own co
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
@@ -46,15 +47,31 @@ class Blocked(Exception):
 Edit = Callable[[], None]
 
 
+@dataclass(frozen=True)
+class GraphIndex:
+    """Lookups over an unchanged graph that several plans can share (`fp-onnx layers` plans every
+    candidate): node positions in a topological order, tensors by name, and the names in use."""
+
+    positions: dict[int, int]
+    tensors: dict[str, gs.Tensor]
+    names: frozenset[str]
+
+    @classmethod
+    def of(cls, graph: gs.Graph) -> GraphIndex:
+        tensors = graph.tensors()
+        positions = {id(node): i for i, node in enumerate(graph.toposort().nodes)}
+        return cls(positions, tensors, frozenset(tensors) | {node.name for node in graph.nodes})
+
+
 class Surgery:
     """One graph under planning: the names in use, the recorded steps and the pending edits."""
 
-    def __init__(self, graph: gs.Graph) -> None:
+    def __init__(self, graph: gs.Graph, index: GraphIndex | None = None) -> None:
         self.graph = graph
+        self.index = index or GraphIndex.of(graph)
         self.steps: list[dict] = []
         self.edits: list[Edit] = []
-        self._names = set(graph.tensors()) | {n.name for n in graph.nodes}
-        self._order: dict[int, int] | None = None
+        self._names = set(self.index.names)
 
     def unique_name(self, base: str) -> str:
         name, i = base, 0
@@ -66,9 +83,7 @@ class Surgery:
 
     def position(self, node: gs.Node) -> int:
         """`node`'s index in a topological order of the graph (sorted once, before any edit)."""
-        if self._order is None:
-            self._order = {id(n): i for i, n in enumerate(self.graph.toposort().nodes)}
-        return self._order.get(id(node), -1)
+        return self.index.positions.get(id(node), -1)
 
     def record(self, node: gs.Node | None, action: Action, detail: str) -> None:
         self.steps.append({"node": "" if node is None else node.name, "op_type": "" if node is None else node.op,

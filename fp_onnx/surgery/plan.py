@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from fp_onnx.graph import shape_of
-from fp_onnx.surgery.context import Action, Blocked, Surgery
+from fp_onnx.surgery.context import Action, Blocked, GraphIndex, Surgery
 from fp_onnx.surgery.downstream import Flow, plan_downstream
 from fp_onnx.surgery.upstream import Mapping, plan_upstream
 
@@ -41,7 +41,7 @@ def plan_removal(s: Surgery, tensor_name: str, axis: int, width: int, removed: S
     """Plan removing channels `removed` (of `width`, on `axis`) of tensor `tensor_name` on `s`;
     raises Blocked (nothing applied) when some reader needs them. Returns how many of the recorded
     steps are upstream (the region that computes the tensor)."""
-    tensor = s.graph.tensors()[tensor_name]
+    tensor = s.index.tensors[tensor_name]
     shape = shape_of(tensor)
     rank = len(shape) if shape is not None else axis + 1
     plan_upstream(s, tensor, Mapping(axis, 0, width, rank), removed)
@@ -50,10 +50,11 @@ def plan_removal(s: Surgery, tensor_name: str, axis: int, width: int, removed: S
     return upstream_steps
 
 
-def describe_removal(graph: gs.Graph, tensor_name: str, axis: int, width: int,
-                     removed: Sequence[int]) -> RemovalPlan:
-    """Plan (never apply) removing `removed` from `tensor_name` on `graph`, which stays as it is."""
-    s = Surgery(graph)
+def describe_removal(graph: gs.Graph, tensor_name: str, axis: int, width: int, removed: Sequence[int],
+                     index: GraphIndex | None = None) -> RemovalPlan:
+    """Plan (never apply) removing `removed` from `tensor_name` on `graph`, which stays as it is;
+    `index` shares the graph's lookups between several plans."""
+    s = Surgery(graph, index)
     try:
         upstream_steps = plan_removal(s, tensor_name, axis, width, removed)
     except Blocked as blocked:
