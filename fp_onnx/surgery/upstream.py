@@ -6,8 +6,9 @@ per-channel affine constants, pooling, layout Transposes), depthwise convs, the
 Sigmoid·Mul of SiLU, branch joins (a residual Add, a squeeze-excitation Mul: an
 elementwise op over several computed tensors that line up channel by channel)
 and channel Concats (whose inputs own consecutive channel ranges). Every tensor
-it reaches is a *candidate*; a candidate joins the *region* when all its readers
-are region nodes, so removing its channels changes nothing outside the region.
+it reaches is a *candidate*; a candidate joins the *region* when every node that
+reads it carries its channels on into the region (a Conv that reads it as its
+input does not), so removing its channels changes nothing outside the region.
 The region is a fixed point, found in one pass in reverse topological order:
 by the time a tensor is considered, every node that reads it has been decided.
 
@@ -90,7 +91,6 @@ class _Candidate:
 
 def plan_upstream(s: Surgery, tensor: gs.Tensor, mapping: Mapping, removed: Sequence[int]) -> None:
     """Plan removing `removed` (prune-point channel ids) from the region that computes `tensor`."""
-    region_nodes: set[int] = set()
     candidates: dict[str, _Candidate] = {tensor.name: _Candidate(tensor, mapping)}
     edges: list[_Candidate] = []
     heap = [(-_producer_index(s, tensor), tensor.name)]
@@ -98,7 +98,7 @@ def plan_upstream(s: Surgery, tensor: gs.Tensor, mapping: Mapping, removed: Sequ
         _, name = heapq.heappop(heap)
         candidate = candidates[name]
         is_start = candidate.tensor is tensor
-        if not is_start and not _joins_region(s, candidate, region_nodes):
+        if not is_start and not _joins_region(s, candidate):
             edges.append(candidate)
             continue
         node = candidate.tensor.inputs[0] if candidate.tensor.inputs else None
@@ -107,7 +107,6 @@ def plan_upstream(s: Surgery, tensor: gs.Tensor, mapping: Mapping, removed: Sequ
         if passage is None:
             edges.append(candidate if not is_start else _Candidate(tensor, mapping, _all_readers(tensor, mapping)))
             continue
-        region_nodes.add(id(node))
         passage.plan()
         for slot, input_mapping in passage.inputs:
             source = node.inputs[slot]
@@ -130,10 +129,14 @@ def _all_readers(tensor: gs.Tensor, mapping: Mapping) -> list[tuple[gs.Node, int
     return [(node, slot, mapping) for node in tensor.outputs for slot, t in enumerate(node.inputs) if t is tensor]
 
 
-def _joins_region(s: Surgery, candidate: _Candidate, region_nodes: set[int]) -> bool:
+def _joins_region(s: Surgery, candidate: _Candidate) -> bool:
+    """True when every read of the candidate carries its channels on into the region (a source such
+    as a Conv reading it only as its input does not: it needs all of them)."""
     tensor = candidate.tensor
+    region_reads = {(id(node), slot) for node, slot, _ in candidate.readers}
+    every_read = {(id(node), slot) for node, slot, _ in _all_readers(tensor, candidate.mapping)}
     return (candidate.mapping is not None and bool(tensor.inputs) and not is_graph_output(s.graph, tensor)
-            and all(id(reader) in region_nodes for reader in tensor.outputs))
+            and every_read == region_reads)
 
 
 def _plan_edge(s: Surgery, edge: _Candidate, removed: Sequence[int]) -> None:
