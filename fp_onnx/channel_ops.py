@@ -22,6 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fp_onnx.graph import input_constant
+from fp_onnx.registry import register
 
 
 # Maps the per-channel constant values of some input channels (a channel that is the same number
@@ -72,14 +73,10 @@ def channel_op(*op_types: str, replace: bool = False) -> Callable[[ChannelHandle
             return ChannelRule(axis) if index == 0 else None
     """
 
-    def register(handler: ChannelHandler) -> ChannelHandler:
-        for op_type in op_types:
-            if op_type in _HANDLERS and not replace:
-                raise ValueError(f"a channel rule for {op_type} is already registered; pass replace=True")
-            _HANDLERS[op_type] = handler
-        return handler
+    def add(handler: ChannelHandler) -> ChannelHandler:
+        return register(_HANDLERS, op_types, handler, replace=replace, what="a channel rule")
 
-    return register
+    return add
 
 
 def channel_rule(node: gs.Node, input_index: int, axis: int, rank: int) -> ChannelRule | None:

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from fp_onnx.channel_ops import channel_rule
-from fp_onnx.graph import constant_value, data_inputs, input_constant, is_graph_output, shape_of
+from fp_onnx.graph import axes_of, constant_value, data_inputs, is_graph_output, shape_of
 
 _GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
 _REDUCTIONS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2"})
@@ -189,12 +188,9 @@ def _pooled_inputs(node: gs.Node, axes: dict[str, Channels]) -> bool:
 
 def _reshaped(node: gs.Node, info: Channels, rank: int) -> Channels | None:
     """Reductions, Squeeze and Unsqueeze: the channel axis shifts by the axes removed or inserted before it."""
-    axes = node.attrs.get("axes")
-    if axes is None:
-        axes = input_constant(node, 1)
+    axes = axes_of(node)
     if axes is None:
         return None
-    axes = [int(a) for a in np.asarray(axes).reshape(-1)]
     if node.op == "Unsqueeze":
         inserted = sorted(a % rank for a in axes)
         kept = [i for i in range(rank) if i not in inserted]

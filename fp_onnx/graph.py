@@ -76,6 +76,15 @@ def input_constant(node: gs.Node, index: int) -> np.ndarray | None:
     return constant_value(node.inputs[index])
 
 
+def axes_of(node: gs.Node) -> list[int] | None:
+    """A reduction's or Squeeze/Unsqueeze's `axes`: the attribute (older opsets) or constant input 1
+    (ReduceSum 13+, the other reductions 18+, Squeeze/Unsqueeze 13+); None when computed or absent."""
+    axes = node.attrs.get("axes")
+    if axes is None:
+        axes = input_constant(node, 1)
+    return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+
+
 def shape_of(tensor: gs.Tensor) -> tuple[Dim, ...] | None:
     """The (inferred) shape: ints for static dims, str for symbolic ones, None when unknown."""
     if isinstance(tensor, gs.Constant):

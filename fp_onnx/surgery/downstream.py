@@ -27,7 +27,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fp_onnx.channel_ops import channel_rule
-from fp_onnx.graph import constant_value, conv_groups, input_constant, is_graph_output, shape_of
+from fp_onnx.graph import axes_of, constant_value, conv_groups, input_constant, is_graph_output, shape_of
+from fp_onnx.registry import register
 from fp_onnx.surgery.context import Action, Blocked, Surgery
 from fp_onnx.surgery.conv import has_bias, plan_remove_groups, whole_groups
 
@@ -72,14 +73,10 @@ def downstream(*op_types: str, replace: bool = False) -> Callable[[Handler], Han
     with the reason the channels must stay. Registering an op type twice raises ValueError unless
     `replace=True`."""
 
-    def register(handler: Handler) -> Handler:
-        for op_type in op_types:
-            if op_type in _HANDLERS and not replace:
-                raise ValueError(f"a downstream handler for {op_type} is already registered; pass replace=True")
-            _HANDLERS[op_type] = handler
-        return handler
+    def add(handler: Handler) -> Handler:
+        return register(_HANDLERS, op_types, handler, replace=replace, what="a downstream handler")
 
-    return register
+    return add
 
 
 # Elementwise ops that join branches; the flows of their inputs combine channel by channel.
@@ -241,45 +238,37 @@ def _global_pool(s: Surgery, node: gs.Node, index: int, flow: Flow) -> list[Flow
 @downstream("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2")
 def _reduce(s: Surgery, node: gs.Node, index: int, flow: Flow) -> list[Flow]:
     """Reducing the spatial axes keeps the channels; without keepdims the channel axis moves left."""
-    axes = _axes(node)
-    if index != 0 or axes is None:
-        raise Blocked(node, f"{node.op} '{node.name}' reduces over unknown axes")
-    axes = {a % flow.rank for a in axes}
-    if flow.axis in axes:
-        raise Blocked(node, f"{node.op} '{node.name}' reduces over the channel axis")
+    axes = _dropped_axes(node, index, flow, "reduces over")
     if node.op in ("ReduceSum", "ReduceL2"):
         flow.require_zero(node)  # mean, max and min of a constant are that constant
-    keep = bool(node.attrs.get("keepdims", 1))
-    axis = flow.axis if keep else flow.axis - sum(a < flow.axis for a in axes)
+    if node.attrs.get("keepdims", 1):
+        axes = set()
     s.record(node, Action.PASSED, "reduction over non-channel axes")
-    return [_onward(node, flow, axis=axis, rank=flow.rank if keep else flow.rank - len(axes))]
-
-
-def _axes(node: gs.Node) -> list[int] | None:
-    """The `axes` attribute (older opsets) or constant input 1 (ReduceSum 13+, the others 18+,
-    Squeeze/Unsqueeze 13+)."""
-    axes = node.attrs.get("axes")
-    if axes is None:
-        axes = input_constant(node, 1)
-    return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+    return [_onward(node, flow, axis=flow.axis - sum(a < flow.axis for a in axes), rank=flow.rank - len(axes))]
 
 
 @downstream("Squeeze")
 def _squeeze(s: Surgery, node: gs.Node, index: int, flow: Flow) -> list[Flow]:
     """Dropping size-1 axes (after global pooling: tf2onnx writes Squeeze [2, 3]) moves the channel axis."""
-    axes = _axes(node)
-    if index != 0 or axes is None:
-        raise Blocked(node, f"Squeeze '{node.name}' squeezes unknown axes")
-    axes = {a % flow.rank for a in axes}
-    if flow.axis in axes:
-        raise Blocked(node, f"Squeeze '{node.name}' squeezes the channel axis")
+    axes = _dropped_axes(node, index, flow, "squeezes")
     s.record(node, Action.PASSED, "size-1 axes dropped")
     return [_onward(node, flow, axis=flow.axis - sum(a < flow.axis for a in axes), rank=flow.rank - len(axes))]
 
 
+def _dropped_axes(node: gs.Node, index: int, flow: Flow, verb: str) -> set[int]:
+    """The axes a reduction or Squeeze takes away; Blocked when unknown or when they include the channels."""
+    axes = axes_of(node)
+    if index != 0 or axes is None:
+        raise Blocked(node, f"{node.op} '{node.name}' {verb} unknown axes")
+    axes = {a % flow.rank for a in axes}
+    if flow.axis in axes:
+        raise Blocked(node, f"{node.op} '{node.name}' {verb} the channel axis")
+    return axes
+
+
 @downstream("Unsqueeze")
 def _unsqueeze(s: Surgery, node: gs.Node, index: int, flow: Flow) -> list[Flow]:
-    axes = _axes(node)
+    axes = axes_of(node)
     if index != 0 or axes is None:
         raise Blocked(node, f"Unsqueeze '{node.name}' inserts unknown axes")
     rank = flow.rank + len(axes)

@@ -30,6 +30,7 @@ import onnx_graphsurgeon as gs
 
 from fp_onnx.channel_ops import channel_rule
 from fp_onnx.graph import conv_groups, constant_value, is_graph_output, shape_of
+from fp_onnx.registry import register
 from fp_onnx.surgery.context import Action, Blocked, Surgery
 from fp_onnx.surgery.conv import (
     is_depthwise, output_width, plan_depthwise, plan_gather_kept_inputs, plan_remove_groups,
@@ -72,14 +73,10 @@ def upstream(*op_types: str, replace: bool = False) -> Callable[[Handler], Handl
     None means the node cannot carry the removal further up: its output keeps every channel and
     gets a channel selection. Registering an op type twice raises ValueError unless `replace`."""
 
-    def register(handler: Handler) -> Handler:
-        for op_type in op_types:
-            if op_type in _HANDLERS and not replace:
-                raise ValueError(f"an upstream handler for {op_type} is already registered; pass replace=True")
-            _HANDLERS[op_type] = handler
-        return handler
+    def add(handler: Handler) -> Handler:
+        return register(_HANDLERS, op_types, handler, replace=replace, what="an upstream handler")
 
-    return register
+    return add
 
 
 @dataclass
