@@ -41,7 +41,7 @@ import onnx_graphsurgeon as gs
 from fp_onnx.batch import has_fixed_batch_of_one, make_batch_symbolic
 from fp_onnx.data import Dataset, check_fits
 from fp_onnx.errors import BadModelError
-from fp_onnx.graph import constant_value
+from fp_onnx.graph import axes_of, constant_value
 from fp_onnx.inference import ModelRunner, predictions
 from fp_onnx.profile import channels_first
 from fp_onnx.progress import progress_bar
@@ -160,11 +160,36 @@ def _is_affine_step(node: gs.Node, traced: set[str]) -> bool:
     others = [t for t in node.inputs if t.name and t.name not in traced]
     if not all(_is_constant(t) for t in others):
         return False
+    if node.op in _LAYOUT_OPS and not _keeps_batch(node):
+        return False  # e.g. a Reshape to [-1] (dynamo's ConvNeXt head): samples would no longer be rows
     if node.op in ("Add", "Sub"):
         return True
     if node.op in ("Mul", "MatMul", "Gemm"):
         return len(traced_slots) == 1  # constant x traced, in either position
     return traced_slots == [0]  # the data input only: not a traced weight, divisor or shape
+
+
+_LAYOUT_OPS = frozenset({"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze"})
+
+
+def _keeps_batch(node: gs.Node) -> bool:
+    """True when the op keeps the batch axis first and on its own, so the probed per-sample map applies."""
+    if node.op == "Transpose":
+        return list(node.attrs.get("perm", [1]))[:1] == [0]
+    if node.op == "Flatten":
+        return int(node.attrs.get("axis", 1)) >= 1
+    if node.op in ("Squeeze", "Unsqueeze"):
+        axes = axes_of(node)
+        rank = len((node.outputs[0] if node.op == "Unsqueeze" else node.inputs[0]).shape or ())
+        return axes is not None and rank > 0 and all(a % rank != 0 for a in axes)
+    target = constant_value(node.inputs[1])  # Reshape: [0, ...] keeps the batch; so does [-1, rest of a sample]
+    if target is None or target.ndim != 1 or not len(target):
+        return False
+    sample = (node.inputs[0].shape or [None])[1:]
+    rest = [int(d) for d in target[1:]]
+    whole_sample = all(isinstance(d, int) for d in sample) and all(d > 0 for d in rest) \
+        and int(np.prod(sample)) == int(np.prod(rest))
+    return int(target[0]) == 0 or (int(target[0]) == -1 and whole_sample)
 
 
 def _is_constant(tensor: gs.Tensor) -> bool:
