@@ -14,7 +14,7 @@ TorchScript, dynamo), at the default prune point:
   with the predictions compared at those steps; and the fast curve in profiling passes.
 
     python bench/torchvision_zoo.py [--samples 64] [--batch-size 32] [--naive-steps 6] [--only NAME ...]
-                                    [--exporters legacy dynamo] [--out PATH]
+                                    [--exporters legacy dynamo] [--out PATH] [--resume]
 
 Prints a Markdown table and writes bench/results/torchvision_zoo.json; exits 1 when a pruned model
 differs from its masked reference by more than 1e-5 or a fast and a naive curve differ.
@@ -110,6 +110,13 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write(args: argparse.Namespace, rows: list[dict]) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "resume"}
+    args.out.write_text(json.dumps({"benchmark": "torchvision_zoo", "settings": settings,
+                                    "machine": prune_sweep.machine(), "results": rows}, indent=2, default=str) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=64)
@@ -119,20 +126,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--exporters", nargs="*", default=["legacy", "dynamo"])
     parser.add_argument("--out", type=Path, default=prune_sweep.RESULTS / "torchvision_zoo.json")
+    parser.add_argument("--resume", action="store_true", help="keep the cases already in --out, run the rest")
     args = parser.parse_args(argv)
     if not torchvision_zoo.available():
         print("torchvision is not installed; install the `test` extra", file=sys.stderr)
         return 1
-    rows = []
+    rows = json.loads(args.out.read_text())["results"] if args.resume and args.out.exists() else []
+    done = {(r["model"], r["exporter"]) for r in rows}
     with tempfile.TemporaryDirectory() as folder:
         for name in args.only or list(torchvision_zoo.CLASSIFIERS):
             for exporter in args.exporters:
+                if (name, exporter) in done:
+                    continue
                 print(f"benchmarking {name} ({exporter}) ...", flush=True)
                 rows.append(bench_one(name, exporter, args, Path(folder)))
+                write(args, rows)  # after every case: a long run keeps what it measured
     print(markdown(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "torchvision_zoo", "settings": vars(args), "machine": prune_sweep.machine(),
-                                    "results": rows}, indent=2, default=str) + "\n")
+    write(args, rows)
     print(f"wrote {args.out}")
     bad = [f"{r['model']}/{r['exporter']}" for r in rows
            if r["equivalence_rel"] > EQUIVALENCE_GOAL or not r["curves_identical"]]

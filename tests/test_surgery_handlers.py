@@ -93,6 +93,26 @@ def test_concat_input_that_loses_every_channel_leaves_the_concat():
     assert len(concat.input) == 1 and "conv0" not in {n.name for n in result.model.graph.node}
 
 
+def test_concat_drops_one_input_and_selects_from_another_that_is_read_elsewhere():
+    """Input 0 loses every channel (it leaves the Concat); input 1 is also pooled by a second head, so
+    it keeps its channels and the Concat reads a selection of them."""
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], "conv0"),
+             helper.make_node("Conv", ["x", "w1"], ["c1"], "conv1"),
+             helper.make_node("Concat", ["c0", "c1"], ["cat"], "concat", axis=1),
+             helper.make_node("GlobalAveragePool", ["cat"], ["p0"], "pool0"),
+             helper.make_node("Flatten", ["p0"], ["f0"], "flatten0"),
+             helper.make_node("Gemm", ["f0", "fc0"], ["y0"], "head0", transB=1),
+             helper.make_node("GlobalMaxPool", ["c1"], ["p1"], "pool1"),
+             helper.make_node("Flatten", ["p1"], ["f1"], "flatten1"),
+             helper.make_node("Gemm", ["f1", "fc1"], ["y1"], "head1", transB=1),
+             helper.make_node("Add", ["y0", "y1"], ["y"], "heads")]
+    model = _model(nodes, {"w0": _w(2, 4, 1, 1), "w1": _w(3, 4, 1, 1), "fc0": _w(3, 5), "fc1": _w(3, 3)})
+    point, result = _check(model, "concat", [0, 1, 3])
+    concat = next(n for n in result.model.graph.node if n.op_type == "Concat")
+    gather = next(n for n in result.model.graph.node if n.op_type == "Gather")
+    assert list(concat.input) == [gather.output[0]] and gather.input[0] == "c1"
+
+
 def test_channels_last_matmul_is_a_source_and_its_bias_is_sliced():
     """Conv -> Transpose to NHWC -> MatMul + Add (a Linear over channels, as ConvNeXt blocks) -> back."""
     head, inits = _head("nchw", 5)

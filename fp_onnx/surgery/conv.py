@@ -97,6 +97,8 @@ def plan_selection(s: Surgery, tensor: gs.Tensor, readers: Sequence[tuple[gs.Nod
                          inputs=[tensor, gs.Constant(indices_name, indices)], outputs=[selected])
         s.graph.nodes.append(gather)
         for reader, slot in readers:
+            if slot >= len(reader.inputs) or reader.inputs[slot] is not tensor:  # an earlier edit dropped inputs
+                slot = next(i for i, t in enumerate(reader.inputs) if t is tensor)
             reader.inputs[slot] = selected
 
     s.edit(insert)
