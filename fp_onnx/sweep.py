@@ -57,6 +57,10 @@ MONOTONE_LAST_OPS = frozenset({"Softmax", "LogSoftmax"})
 """A final op that does not change the argmax."""
 MAX_STACK_ELEMENTS = 16 * 1024 * 1024
 """Elements stacked into one tail call (64 MiB of float32)."""
+PROBE_SCALE = 1024.0
+"""Size of the probing unit inputs (a power of two: exact scaling). Each column of the linear map is
+(prefix(s*e) - prefix(0)) / s; with s = 1 a large bias (a centred classifier over large activations)
+swamps the float32 difference, with a large s the linear part dominates it."""
 MAX_PROBE_ELEMENTS = 64 * 1024 * 1024
 """Largest probed linear map (inputs per sample x outputs per sample) we hold in memory."""
 
@@ -296,8 +300,8 @@ def _masked_stack(activation: np.ndarray, masks: np.ndarray, channel_axis: int) 
 class AffinePrefix:
     """The tail's affine prefix z_j = b_j + Σ_c L_jc a_c, probed once, applied as running sums.
 
-    L is found by feeding the prefix the zero tensor and one unit tensor per element
-    of a sample (done once per model, in chunks). Per batch, channel c contributes
+    L is found by feeding the prefix the zero tensor and one scaled unit tensor per
+    element of a sample (done once per model, in chunks). Per batch, channel c contributes
     L_jc a_c to boundary j (one batched float32 matrix product); step k subtracts the
     contributions of the first k channels of the order from the prefix's real output.
     Each batch is checked against the prefix itself; a mismatch returns None.
@@ -319,7 +323,7 @@ class AffinePrefix:
             index = np.arange(start, min(size + 1, start + chunk))
             probe = np.zeros((len(index), size), np.float32)
             units = index > 0
-            probe[units, index[units] - 1] = 1.0
+            probe[units, index[units] - 1] = PROBE_SCALE
             results = self.session.run(list(self.boundaries), {self.input: probe.reshape(len(index), *sample_shape)})
             if start == 0 and size * sum(r[0].size for r in results) > MAX_PROBE_ELEMENTS:
                 return False
@@ -329,7 +333,7 @@ class AffinePrefix:
         for collected in outputs:
             values = np.concatenate(collected)
             self.bias.append(values[0])
-            linear = (values[1:] - values[0]).reshape(*sample_shape, -1)
+            linear = ((values[1:] - values[0]) / PROBE_SCALE).reshape(*sample_shape, -1)
             moved = np.moveaxis(linear, self.point.channel_axis - 1, 0)
             self.maps.append(np.ascontiguousarray(moved.reshape(moved.shape[0], -1, moved.shape[-1]), dtype=np.float32))
         return True

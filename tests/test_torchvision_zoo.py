@@ -135,6 +135,7 @@ def test_residual_pruning_changes_what_the_classifier_reads(torchvision_path, tm
     case = _run(torchvision_path, tmp_path_factory, "resnet18", exporter)
     point = resolve_prune_point(case["model"], None)
     assert point.chain[0] in {n.name for n in case["model"].graph.node if n.op_type == "Add"}
+    assert resolve_prune_point(case["model"], "layer4.1") == point  # the torch module path, both exporters
 
     def gemm_inputs(model: onnx.ModelProto) -> int:
         gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
@@ -146,6 +147,10 @@ def test_residual_pruning_changes_what_the_classifier_reads(torchvision_path, tm
     assert gemm_inputs(case["pruned"]) == point.channels - len(case["report"]["pruned_channels"])
     x = case["x"][:4]
     assert not np.allclose(_outputs(case["pruned"], x), _outputs(case["model"], x))
+    table = CliRunner().invoke(cli, ["layers", str(case["path"])])
+    default_row = next(line for line in table.output.splitlines() if line.startswith("*"))
+    assert table.exit_code == 0 and "layer4.1" in default_row and "removed" in default_row
+    assert "masked: Add" in table.output  # the conv branches inside blocks: their Add keeps the channels
 
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
