@@ -43,9 +43,8 @@ class SurgeryResult:
 
     @property
     def mask_reason(self) -> str | None:
-        """Why the channels were forced to zero (the first node that needs them), None when removed."""
-        return next((f"{a['op_type']} '{a['node']}': {a['detail']}" if a["node"] else a["detail"]
-                     for a in self.actions if a["action"] == Action.KEPT), None)
+        """Why the channels were forced to zero (naming the node that needs them), None when removed."""
+        return next((a["detail"] for a in self.actions if a["action"] == Action.KEPT), None)
 
 
 def prune_channels(model: onnx.ModelProto, point: PrunePoint, channels: Sequence[int]) -> SurgeryResult:
