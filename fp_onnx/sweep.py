@@ -79,6 +79,10 @@ class GraphCut:
     boundaries: tuple[str, ...] = ()
     rest: onnx.ModelProto | None = None
     """boundaries + other crossing -> output; None when a boundary is the logits themselves."""
+    stackable: bool = True
+    """False when another crossing tensor is not a float activation (dynamo's ConvNeXt head gathers with
+    indices computed from the batch size): steps cannot be stacked along the batch axis, so the tail
+    runs once per step."""
 
 
 def cut_at(model: onnx.ModelProto, point: PrunePoint) -> GraphCut:
@@ -95,13 +99,22 @@ def cut_at(model: onnx.ModelProto, point: PrunePoint) -> GraphCut:
             if isinstance(tensor, gs.Variable) and tensor.name and tensor.name not in produced and tensor.name not in crossing:
                 crossing.append(tensor.name)
     extractor = onnx.utils.Extractor(model)
-    cut = GraphCut(tuple(crossing), output, extractor.extract_model(crossing, [output]))
+    tensors = graph.tensors()
+    stackable = all(_is_float(tensors[name]) for name in crossing[1:])
+    cut = GraphCut(tuple(crossing), output, extractor.extract_model(crossing, [output]), stackable=stackable)
     boundaries = _affine_boundaries(tail_nodes, point.tensor, output)
     if boundaries is None or point.tensor in boundaries:
         return cut  # no affine prefix, or the tail also reads the prune-point tensor itself
     logits = len(boundaries) == 1 and boundaries[0] == _logits_tensor(tail_nodes, output)
     rest = None if logits else extractor.extract_model([*boundaries, *crossing[1:]], [output])
     return replace(cut, prefix=extractor.extract_model([point.tensor], list(boundaries)), boundaries=boundaries, rest=rest)
+
+
+def _is_float(tensor: gs.Tensor) -> bool:
+    try:
+        return tensor.dtype is not None and np.issubdtype(np.dtype(tensor.dtype), np.floating)
+    except TypeError:
+        return False
 
 
 def _downstream(graph: gs.Graph, start: str) -> list[gs.Node]:
@@ -256,7 +269,8 @@ class PruneSweep:
             self.prefix = None  # the probed map did not hold: masked path from now on
         masks = step_masks(order, self.point.channels, steps)
         activation = crossing[self.point.tensor]
-        return np.concatenate([self._masked(crossing, chunk) for chunk in _chunks(activation.size, masks)])
+        chunks = _chunks(activation.size, masks) if self.cut.stackable else (masks[i:i + 1] for i in range(len(masks)))
+        return np.concatenate([self._masked(crossing, chunk) for chunk in chunks])
 
     def _masked(self, crossing: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
         activation = crossing[self.point.tensor]
@@ -267,6 +281,9 @@ class PruneSweep:
     def _from_states(self, states: list[np.ndarray], crossing: dict[str, np.ndarray]) -> np.ndarray:
         """Predictions for a chunk of steps from their boundary values, (steps, batch, ...) each."""
         steps = len(states[0])
+        if steps > 1 and self.rest is not None and not self.cut.stackable:
+            return np.concatenate([self._from_states([state[i:i + 1] for state in states], crossing)
+                                   for i in range(steps)])
         if self.rest is None:
             return _step_predictions(states[0].reshape(steps * states[0].shape[1], -1), steps)
         feeds = {name: state.reshape(-1, *state.shape[2:]) for name, state in zip(self.cut.boundaries, states)}

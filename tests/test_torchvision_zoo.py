@@ -165,3 +165,22 @@ def test_default_init_export_with_deduplicated_constants_prunes(torchvision_path
     x = case["x"][:3]
     assert _relative_error(_outputs(case["pruned"], x), _outputs(reference, x)) <= 1e-5
     assert case["report"]["cost_after"]["parameters"] < case["report"]["cost_before"]["parameters"]
+
+
+def test_sweep_runs_step_by_step_when_the_tail_reads_batch_dependent_indices(torchvision_path, tmp_path_factory):
+    """dynamo's ConvNeXt head flattens the pooled features to 1-D and gathers them with indices computed
+    from the batch size: stacking prune steps along the batch axis would read the wrong samples."""
+    from fp_onnx.data import ArrayDataset
+    from fp_onnx.sweep import PruneSweep
+
+    case = _run(torchvision_path, tmp_path_factory, "convnext_tiny", "dynamo")
+    model, x = case["model"], case["x"][:6]
+    point = resolve_prune_point(model, None)
+    order = np.random.default_rng(1).permutation(point.channels)
+    steps = [0, point.channels // 2, point.channels - 1]
+    sweep = PruneSweep(model, point, RuntimeOptions(device="cpu"))
+    assert not sweep.cut.stackable
+    fast = sweep.predictions(ArrayDataset(x), order, steps, batch_size=3)
+    for row, k in enumerate(steps):
+        reference = mask_channels(model, point, order[:k]) if k else model
+        np.testing.assert_array_equal(fast[row], predictions(_outputs(reference, x)))
