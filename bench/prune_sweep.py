@@ -302,7 +302,7 @@ def print_tables(rows: list[dict]) -> None:
     for r in rows:
         approx = "~" if r["timings"]["naive"]["extrapolated"] else " "
         print(f"{r['model']:<30}{r['channels']:>5}  {r['path']:<14}{r['profile_pass_s']:>10.3f}{r['fast_s']:>9.3f}"
-              f"{approx}{r['naive_s']:>9.2f}{r['speedup']:>8.1f}x{r['passes']:>8.2f}  {str(r['check']['identical']):<9}  "
+              f"{r['naive_s']:>9.2f}{approx}{r['speedup']:>8.1f}x{r['passes']:>8.2f}  {str(r['check']['identical']):<9}  "
               f"{'met' if r['meets_speed_goal'] and r['meets_pass_goal'] else 'MISSED'}")
     print(f"\n{'model':<30}{'variant':<16}{'pruned':>7}{'acc':>7}{'params':>10}{'MFLOPs':>9}"
           f"{'ms b=1':>9}{'ms b=32':>9}  removed")
