@@ -118,8 +118,8 @@ def _join(s: Surgery, node: gs.Node, slots: list[int], computed: list[int], flow
         raise Blocked(node, f"{node.op} '{node.name}' reads the pruned channels on two inputs")
     missing = [node.inputs[i].name for i in computed if i not in slots]
     if missing:
-        raise Blocked(node, f"{node.op} '{node.name}' adds the pruned channels to '{missing[0]}', which keeps "
-                            "them (e.g. the other branch of a residual connection), so they must stay")
+        raise Blocked(node, f"{node.op} '{node.name}' combines the pruned channels with '{missing[0]}', which "
+                            "keeps them (e.g. the other branch of a residual connection), so they must stay")
     first = flows[node.inputs[slots[0]].name]
     arriving = [flows[node.inputs[i].name] for i in slots]
     if not all(first.same_channels(flow) for flow in arriving):
