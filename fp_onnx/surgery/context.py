@@ -3,7 +3,8 @@
 Surgery is planned before anything changes (the way Torch-Pruning builds a
 dependency group first): the upstream and downstream walks read the untouched
 graph, check that every edit is possible, and record per node *what* will happen
-(a `Step`, one of the `Action`s) and *how* (an edit, a closure run later).
+(a step: node, op type, one of the `Action`s, a detail) and *how* (an edit, a
+closure run later).
 `Surgery.apply` then runs the edits in order. A pattern that physical removal
 cannot handle raises `Blocked` while planning, before the graph has changed, and
 `prune_channels` forces the channels to zero instead.
@@ -86,8 +87,11 @@ class Surgery:
         return self.index.positions.get(id(node), -1)
 
     def record(self, node: gs.Node | None, action: Action, detail: str) -> None:
-        self.steps.append({"node": "" if node is None else node.name, "op_type": "" if node is None else node.op,
-                           "action": action, "detail": detail})
+        self.record_named("" if node is None else node.name, "" if node is None else node.op, action, detail)
+
+    def record_named(self, name: str, op_type: str, action: Action, detail: str) -> None:
+        """Record a step for a node by name (one that the plan will insert does not exist yet)."""
+        self.steps.append({"node": name, "op_type": op_type, "action": action, "detail": detail})
 
     def edit(self, change: Edit) -> None:
         self.edits.append(change)

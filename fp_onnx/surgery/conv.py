@@ -102,5 +102,5 @@ def plan_selection(s: Surgery, tensor: gs.Tensor, readers: Sequence[tuple[gs.Nod
             reader.inputs[slot] = selected
 
     s.edit(insert)
-    s.steps.append({"node": node_name, "op_type": "Gather", "action": Action.INSERTED,
-                    "detail": f"keeps {len(kept)} channels of '{tensor.name}' on axis {axis}: {why}"})
+    s.record_named(node_name, "Gather", Action.INSERTED,
+                   f"keeps {len(kept)} channels of '{tensor.name}' on axis {axis}: {why}")

@@ -348,7 +348,8 @@ def _gemm(s: Surgery, node: gs.Node, index: int, flow: Flow) -> list[Flow]:
         add_to_bias(s, node, float(node.attrs.get("alpha", 1.0)) * (flow.values @ weight[list(flow.removed)]),
                     scale=beta)
     s.delete_channels(node, 1, weight_axis, flow.removed, flow.width)
-    s.record(node, Action.REMOVED, f"{len(flow.removed)} input features (weight {'columns' if weight_axis else 'rows'})")
+    which = "columns" if weight_axis else "rows"
+    s.record(node, Action.REMOVED, f"{len(flow.removed)} input features (weight {which})")
     return []
 
 

@@ -65,5 +65,4 @@ def plan_mask(s: Surgery, point: PrunePoint, channels: Sequence[int]) -> None:
         s.graph.nodes.append(gs.Node("Mul", mul_name, inputs=[tensor, constant], outputs=[masked]))
 
     s.edit(insert)
-    s.steps.append({"node": mul_name, "op_type": "Mul", "action": Action.MASKED,
-                    "detail": f"{len(channels)} channels of '{original_name}' multiplied by 0"})
+    s.record_named(mul_name, "Mul", Action.MASKED, f"{len(channels)} channels of '{original_name}' multiplied by 0")

@@ -231,7 +231,8 @@ def _gemm(s: Surgery, node: gs.Node, mapping: Mapping, local: list[int]) -> Pass
         s.delete_channels(node, 1, weight_axis, local, mapping.width)
         if per_output_bias:
             s.delete_channels(node, 2, bias.ndim - 1, local, mapping.width)
-        s.record(node, Action.REMOVED, f"{len(local)} output features (weight {'rows' if weight_axis == 0 else 'columns'})")
+        which = "rows" if weight_axis == 0 else "columns"
+        s.record(node, Action.REMOVED, f"{len(local)} output features (weight {which})")
 
     return Passage([], plan)
 
