@@ -29,6 +29,7 @@ from fp_onnx.graph import constant_value
 
 _DYNAMO_SCOPES = "pkg.torch.onnx.name_scopes"
 _CALL_SUFFIX = re.compile(r"_\d+$")
+_MAX_SCOPES_TEXT = 4096
 
 
 def node_scopes(model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
@@ -53,14 +54,20 @@ def node_scopes(model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
 
 
 def _dynamo_scopes(node: onnx.NodeProto) -> tuple[str, ...] | None:
+    """The module paths in the dynamo exporter's metadata; None without it, () when it is unreadable.
+    The metadata is vendor input: only a short Python list of strings literal is read."""
     for entry in node.metadata_props:
         if entry.key == _DYNAMO_SCOPES:
+            if len(entry.value) > _MAX_SCOPES_TEXT or not entry.value.startswith("["):
+                return ()
             try:
                 names = ast.literal_eval(entry.value)
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                return ()
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 return ()
             # The last entry is the traced call (`conv2d_3`), not a module.
-            return tuple(str(n) for n in names[:-1] if n)
+            return tuple(n for n in names[:-1] if n)
     return None
 
 

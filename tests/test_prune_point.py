@@ -123,3 +123,16 @@ def test_model_without_conv_is_a_bad_model():
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])
     with pytest.raises(BadModelError, match="no convolutional feature map"):
         find_prune_points(helper.make_model(graph))
+
+
+def test_hostile_dynamo_name_metadata_is_ignored():
+    """The name-scope metadata is vendor input: nested, oversized or non-list values name nothing."""
+    from fp_onnx.vendor_names import node_scopes
+
+    node = helper.make_node("Relu", ["x"], ["y"], "node_relu")
+    model = helper.make_model(helper.make_graph([node], "g", [], []))
+    for value in ("[" * 5000 + "]" * 5000, "['', 'a'] + 1", "{'a': 1}", "[1, 2]", "['', 'ok', 'call']"):
+        model.graph.node[0].ClearField("metadata_props")
+        entry = model.graph.node[0].metadata_props.add()
+        entry.key, entry.value = "pkg.torch.onnx.name_scopes", value
+        assert node_scopes(model)["node_relu"] == (("ok",) if value.endswith("'call']") else ())
