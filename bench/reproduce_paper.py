@@ -28,7 +28,7 @@ from fp_onnx.finetune import FineTuneConfig
 from fp_onnx.loading import load_model
 from fp_onnx.metrics import AttackSpec
 from fp_onnx.prune import StopRule
-from fp_onnx.prune_point import find_prune_points, resolve_prune_point
+from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.report import library_versions
 from fp_onnx.reporting import plot_outcome_curve
 from fp_onnx.runtime import RuntimeOptions
@@ -72,11 +72,8 @@ def attack_of(card: dict) -> AttackSpec:
 
 
 def paper_prune_point(model, architecture: dict):
-    """The Conv the paper prunes: the card's `prune_node`, else found by the torch module name."""
-    if "prune_node" in architecture:
-        return resolve_prune_point(model, architecture["prune_node"])
-    layer = architecture["prune_layer"]
-    return next(p for p in find_prune_points(model) if f"/{layer}/" in p.conv or p.conv.endswith(f"/{layer}"))
+    """The layer the paper prunes: the card's `prune_node`, else its torch module name (a vendor layer name)."""
+    return resolve_prune_point(model, architecture.get("prune_node") or architecture["prune_layer"])
 
 
 def defend(folder: Path, device: str) -> dict:
@@ -88,7 +85,7 @@ def defend(folder: Path, device: str) -> dict:
     result = fine_prune(model, point, open_dataset(folder / "clean_val.npz"), test=open_dataset(folder / "clean_test.npz"),
                         triggered=open_dataset(folder / "triggered_test.npz"), attack=attack_of(card), config=config,
                         options=RuntimeOptions(device=device))
-    return {"card": card, "point": point.conv, "result": result, "seconds": time.perf_counter() - started}
+    return {"card": card, "point": point.label, "result": result, "seconds": time.perf_counter() - started}
 
 
 def row_text(table: dict, name: str) -> str:

@@ -88,5 +88,6 @@ def prune_summary(outcome) -> str:
             f"clean accuracy {curve.clean_accuracy[0]:.4f} -> {curve.clean_accuracy[step]:.4f}")
     if curve.attack_success is not None:
         line += f"; attack success {curve.attack_success[0]:.4f} -> {curve.attack_success[step]:.4f}"
-    removed = "physically removed" if outcome.surgery.physically_removed else "forced to zero (graph needs them)"
+    surgery = outcome.surgery
+    removed = "physically removed" if surgery.physically_removed else f"forced to zero ({surgery.mask_reason})"
     return line + f"\nchannels {removed}; sweep: {curve.sweep_method}"

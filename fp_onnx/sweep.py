@@ -41,6 +41,7 @@ import onnx_graphsurgeon as gs
 from fp_onnx.batch import has_fixed_batch_of_one, make_batch_symbolic
 from fp_onnx.data import Dataset, check_fits
 from fp_onnx.errors import BadModelError, UnsupportedOpError
+from fp_onnx.graph import axes_of, constant_value
 from fp_onnx.inference import ModelRunner, predictions
 from fp_onnx.profile import channels_first
 from fp_onnx.progress import progress_bar
@@ -57,6 +58,10 @@ MONOTONE_LAST_OPS = frozenset({"Softmax", "LogSoftmax"})
 """A final op that does not change the argmax."""
 MAX_STACK_ELEMENTS = 16 * 1024 * 1024
 """Elements stacked into one tail call (64 MiB of float32)."""
+PROBE_SCALE = 1024.0
+"""Size of the probing unit inputs (a power of two: exact scaling). Each column of the linear map is
+(prefix(s*e) - prefix(0)) / s; with s = 1 a large bias (a centred classifier over large activations)
+swamps the float32 difference, with a large s the linear part dominates it."""
 MAX_PROBE_ELEMENTS = 64 * 1024 * 1024
 """Largest probed linear map (inputs per sample x outputs per sample) we hold in memory."""
 TAIL_FAILURE = "onnxruntime failed on the graph after the prune point"
@@ -78,6 +83,10 @@ class GraphCut:
     boundaries: tuple[str, ...] = ()
     rest: onnx.ModelProto | None = None
     """boundaries + other crossing -> output; None when a boundary is the logits themselves."""
+    stackable: bool = True
+    """False when another crossing tensor is not a float activation (dynamo's ConvNeXt head gathers with
+    indices computed from the batch size): steps cannot be stacked along the batch axis, so the tail
+    runs once per step."""
 
 
 def cut_at(model: onnx.ModelProto, point: PrunePoint) -> GraphCut:
@@ -95,7 +104,9 @@ def cut_at(model: onnx.ModelProto, point: PrunePoint) -> GraphCut:
             if isinstance(tensor, gs.Variable) and tensor.name and tensor.name not in produced and tensor.name not in crossing:
                 crossing.append(tensor.name)
     extractor = onnx.utils.Extractor(model)
-    cut = GraphCut(tuple(crossing), output, extractor.extract_model(crossing, [output]))
+    tensors = graph.tensors()
+    stackable = all(_is_float(tensors[name]) for name in crossing[1:])
+    cut = GraphCut(tuple(crossing), output, extractor.extract_model(crossing, [output]), stackable=stackable)
     boundaries = _affine_boundaries(tail_nodes, point.tensor, output)
     if boundaries is None or point.tensor in boundaries:
         return cut  # no affine prefix, or the tail also reads the prune-point tensor itself
@@ -120,19 +131,43 @@ def _refuse_control_flow_after(graph: gs.Graph, start: str) -> None:
                                      "prune sweep cannot cut through control flow; a --layer after it avoids it")
 
 
+def _is_float(tensor: gs.Tensor) -> bool:
+    try:
+        return tensor.dtype is not None and np.issubdtype(np.dtype(tensor.dtype), np.floating)
+    except TypeError:
+        return False
+
+
 def _downstream(graph: gs.Graph, start: str) -> list[gs.Node]:
-    """Nodes reachable from tensor `start`, plus the Constant nodes they read, in graph order."""
+    """Nodes reachable from tensor `start`, plus the nodes that make the constants they read
+    (`Constant` nodes, and the `Identity` chains over initializers that the TorchScript exporter
+    writes for deduplicated weights), in graph order."""
     reached: set[str] = {start}
     nodes: list[gs.Node] = []
     for node in graph.toposort().nodes:
         if any(t.name in reached for t in node.inputs):
             nodes.append(node)
             reached.update(t.name for t in node.outputs)
-    constants = [
-        producer for node in nodes for tensor in node.inputs
-        for producer in tensor.inputs if producer.op == "Constant" and producer not in nodes
-    ]
+    constants: list[gs.Node] = []
+    for tensor in [t for node in nodes for t in node.inputs]:
+        for maker in _constant_makers(tensor):
+            if maker not in nodes and maker not in constants:
+                constants.append(maker)
     return constants + nodes
+
+
+def _constant_makers(tensor: gs.Tensor) -> list[gs.Node]:
+    """The Identity/Constant nodes that compute the constant `tensor`, first one first; [] otherwise."""
+    if constant_value(tensor) is None:
+        return []
+    makers = []
+    while tensor.inputs:
+        maker = tensor.inputs[0]
+        makers.append(maker)
+        if maker.op != "Identity":
+            break
+        tensor = maker.inputs[0]
+    return makers[::-1]
 
 
 def _logits_tensor(nodes: Sequence[gs.Node], output: str) -> str:
@@ -163,6 +198,8 @@ def _is_affine_step(node: gs.Node, traced: set[str]) -> bool:
     others = [t for t in node.inputs if t.name and t.name not in traced]
     if not all(_is_constant(t) for t in others):
         return False
+    if node.op in _LAYOUT_OPS and not _keeps_batch(node):
+        return False  # e.g. a Reshape to [-1] (dynamo's ConvNeXt head): samples would no longer be rows
     if node.op in ("Add", "Sub"):
         return True
     if node.op in ("Mul", "MatMul", "Gemm"):
@@ -170,8 +207,31 @@ def _is_affine_step(node: gs.Node, traced: set[str]) -> bool:
     return traced_slots == [0]  # the data input only: not a traced weight, divisor or shape
 
 
+_LAYOUT_OPS = frozenset({"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze"})
+
+
+def _keeps_batch(node: gs.Node) -> bool:
+    """True when the op keeps the batch axis first and on its own, so the probed per-sample map applies."""
+    if node.op == "Transpose":
+        return list(node.attrs.get("perm", [1]))[:1] == [0]
+    if node.op == "Flatten":
+        return int(node.attrs.get("axis", 1)) >= 1
+    if node.op in ("Squeeze", "Unsqueeze"):
+        axes = axes_of(node)
+        rank = len((node.outputs[0] if node.op == "Unsqueeze" else node.inputs[0]).shape or ())
+        return axes is not None and rank > 0 and all(a % rank != 0 for a in axes)
+    target = constant_value(node.inputs[1])  # Reshape: [0, ...] keeps the batch; so does [-1, rest of a sample]
+    if target is None or target.ndim != 1 or not len(target):
+        return False
+    sample = (node.inputs[0].shape or [None])[1:]
+    rest = [int(d) for d in target[1:]]
+    whole_sample = all(isinstance(d, int) for d in sample) and all(d > 0 for d in rest) \
+        and int(np.prod(sample)) == int(np.prod(rest))
+    return int(target[0]) == 0 or (int(target[0]) == -1 and whole_sample)
+
+
 def _is_constant(tensor: gs.Tensor) -> bool:
-    return isinstance(tensor, gs.Constant) or any(p.op == "Constant" for p in tensor.inputs)
+    return constant_value(tensor) is not None
 
 
 def step_masks(order: Sequence[int], channels: int, steps: Sequence[int]) -> np.ndarray:
@@ -255,7 +315,8 @@ class PruneSweep:
             self.prefix = None  # the probed map did not hold: masked path from now on
         masks = step_masks(order, self.point.channels, steps)
         activation = crossing[self.point.tensor]
-        chunks = _chunks(activation.size, masks, max(1, self.tail_rows // len(activation)))
+        chunks = (_chunks(activation.size, masks, max(1, self.tail_rows // len(activation))) if self.cut.stackable
+                  else (masks[i:i + 1] for i in range(len(masks))))
         return np.concatenate([self._masked(crossing, chunk) for chunk in chunks])
 
     def _masked(self, crossing: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
@@ -278,6 +339,9 @@ class PruneSweep:
     def _from_states(self, states: list[np.ndarray], crossing: dict[str, np.ndarray]) -> np.ndarray:
         """Predictions for a chunk of steps from their boundary values, (steps, batch, ...) each."""
         steps = len(states[0])
+        if steps > 1 and self.rest is not None and not self.cut.stackable:
+            return np.concatenate([self._from_states([state[i:i + 1] for state in states], crossing)
+                                   for i in range(steps)])
         if self.rest is None:
             return _step_predictions(states[0].reshape(steps * states[0].shape[1], -1), steps)
         feeds = {name: state.reshape(-1, *state.shape[2:]) for name, state in zip(self.cut.boundaries, states)}
@@ -311,8 +375,8 @@ def _masked_stack(activation: np.ndarray, masks: np.ndarray, channel_axis: int) 
 class AffinePrefix:
     """The tail's affine prefix z_j = b_j + Σ_c L_jc a_c, probed once, applied as running sums.
 
-    L is found by feeding the prefix the zero tensor and one unit tensor per element
-    of a sample (done once per model, in chunks). Per batch, channel c contributes
+    L is found by feeding the prefix the zero tensor and one scaled unit tensor per
+    element of a sample (done once per model, in chunks). Per batch, channel c contributes
     L_jc a_c to boundary j (one batched float32 matrix product); step k subtracts the
     contributions of the first k channels of the order from the prefix's real output.
     Each batch is checked against the prefix itself; a mismatch returns None.
@@ -334,7 +398,7 @@ class AffinePrefix:
             index = np.arange(start, min(size + 1, start + chunk))
             probe = np.zeros((len(index), size), np.float32)
             units = index > 0
-            probe[units, index[units] - 1] = 1.0
+            probe[units, index[units] - 1] = PROBE_SCALE
             results = self.session.run(list(self.boundaries), {self.input: probe.reshape(len(index), *sample_shape)})
             if start == 0 and size * sum(r[0].size for r in results) > MAX_PROBE_ELEMENTS:
                 return False
@@ -344,7 +408,7 @@ class AffinePrefix:
         for collected in outputs:
             values = np.concatenate(collected)
             self.bias.append(values[0])
-            linear = (values[1:] - values[0]).reshape(*sample_shape, -1)
+            linear = ((values[1:] - values[0]) / PROBE_SCALE).reshape(*sample_shape, -1)
             moved = np.moveaxis(linear, self.point.channel_axis - 1, 0)
             self.maps.append(np.ascontiguousarray(moved.reshape(moved.shape[0], -1, moved.shape[-1]), dtype=np.float32))
         return True
