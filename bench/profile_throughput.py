@@ -83,7 +83,7 @@ def bench_architecture(name: str, args: argparse.Namespace, folder: Path) -> dic
     return {
         "architecture": name,
         "input_shape": list(shape),
-        "prune_point": point.conv,
+        "prune_point": point.label,
         "fp_onnx_samples_per_s": ort_rate,
         "torch_eager_samples_per_s": torch_rate,
         "ratio": ort_rate / torch_rate,

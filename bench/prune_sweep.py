@@ -8,7 +8,10 @@ in profiled order) is computed twice on the same data:
 * naive: for every step, `fp_onnx.surgery.prune_channels` builds the pruned model and
   onnxruntime runs it over the whole data set.
 
-The per-step predictions must be identical (the script exits non-zero otherwise). It reports
+The per-step predictions must be identical (the script exits non-zero otherwise). Models with many
+channels (the torchvision cases: 512 to 1,280) would need hours of naive runs, so the naive way is
+timed on --naive-steps evenly spaced steps there and its whole-curve time extrapolated from their
+mean ("naive s" is then marked "~"); the predictions are compared at those steps. It reports
 both times, their ratio (goal >= 10x) and the fast curve's cost in units of one profiling
 pass (`profile_model` over the same data; goal <= 3), plus parameters, FLOPs and onnxruntime
 latency (batch 1 and 32) of the original model and of the model pruned by the paper's rule
@@ -18,7 +21,7 @@ Weights are random (seeded); inputs are seeded uniform [0, 1) "images", and the 
 the unpruned model's own predictions, so clean accuracy starts at 1.0 and falls as channels go.
 
     python bench/prune_sweep.py [--samples 512] [--batch-size 64] [--device cpu|cuda] [--threads N]
-                                [--repeats 3] [--quick] [--only MODEL ...] [--out PATH]
+                                [--repeats 3] [--naive-steps 12] [--quick] [--only MODEL ...] [--out PATH]
 
 Timings are wall-clock and end to end: the fast time is one `measure_curve` call (graph cut,
 sessions, head and tail passes), the profiling pass one `profile_model` call, both the median
@@ -64,6 +67,7 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(BENCH.parent / "tests"))  # the test model zoo (random-weight zoo architectures)
 import model_zoo  # noqa: E402
+import torchvision_zoo  # noqa: E402
 
 SPEED_GOAL = 10.0
 PASSES_GOAL = 3.0
@@ -81,20 +85,25 @@ class Case:
 
 
 def centre_classifier(module: torch.nn.Module, x: np.ndarray) -> torch.nn.Module:
-    """Set the last Linear layer's bias to minus its mean input response on `x`.
+    """Shift the last Linear (or, for conv classifiers like SqueezeNet's, the last Conv2d) layer's bias
+    so that its mean output on `x` is zero.
 
     A randomly initialised net sends nearly every input to one class (ReLU features share a
     large mean direction), so its prune curve would stay flat at 1.0. Centring the class
     scores on the data, as training would roughly do, spreads the predictions over the
     classes, so the curve falls as channels go and compares the two methods on real work.
     """
-    last = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
-    inputs = []
-    handle = last.register_forward_hook(lambda _m, args, _out: inputs.append(args[0]))
+    last = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+    outputs = []
+    handle = last.register_forward_hook(lambda _m, _args, out: outputs.append(out))
     with torch.no_grad():
         module(torch.from_numpy(x))
         handle.remove()
-        last.bias.copy_(-last.weight @ torch.cat(inputs).mean(dim=0))
+        out = torch.cat(outputs)
+        mean = out.mean(dim=0) if out.ndim == 2 else out.mean(dim=(0, 2, 3))
+        if last.bias is None:
+            last.bias = torch.nn.Parameter(torch.zeros_like(mean))
+        last.bias.sub_(mean)
     return module
 
 
@@ -119,6 +128,14 @@ def _zoo_net(arch: str) -> Callable[[Path], Path]:
     return build
 
 
+def _torchvision_net(name: str, exporter: str = "legacy") -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        size = torchvision_zoo.CLASSIFIERS[name].size
+        module = centre_classifier(torchvision_zoo.build(name), _calibration_inputs((3, size, size)))
+        return model_zoo.export_torch(module, folder / f"{name}_{exporter}.onnx", exporter, input_shape=(3, size, size))
+    return build
+
+
 def _keras_nhwc(folder: Path) -> Path:
     path = folder / "keras_nhwc.onnx"
     onnx.save(model_zoo.build_keras_nhwc_model(), str(path))
@@ -131,6 +148,11 @@ CASES = (
     Case("alexnet_speech@conv5", _paper_net("alexnet_speech"), None, "default point"),
     Case("mobilenetv2@default", _zoo_net("mobilenetv2"), None, "test zoo; GAP -> Gemm tail"),
     Case("keras_nhwc@conv2", _keras_nhwc, None, "test zoo, tf2onnx NHWC; Reshape -> MatMul tail"),
+    Case("tv_resnet18@layer4", _torchvision_net("resnet18"), None, "torchvision; last block output, GAP -> Gemm tail"),
+    Case("tv_efficientnet_b0@features", _torchvision_net("efficientnet_b0"), None, "torchvision; last SiLU output"),
+    Case("tv_densenet121@features", _torchvision_net("densenet121"), None, "torchvision; norm5 -> ReLU output"),
+    Case("tv_convnext_tiny@features", _torchvision_net("convnext_tiny"), None,
+         "torchvision; last block Add, LayerNorm head (masked)"),
 )
 
 
@@ -138,9 +160,10 @@ def pick_point(model: onnx.ModelProto, conv: str | None) -> PrunePoint:
     points = find_prune_points(model)
     if conv is None:
         return next(p for p in points if p.is_default)
-    matches = [p for p in points if conv in p.conv]
+    matches = [p for p in points if any(conv in name for name in (*p.chain, *p.names))]
     if len(matches) != 1:
-        raise SystemExit(f"prune point '{conv}': expected one Conv whose name contains it, got {[p.conv for p in points]}")
+        raise SystemExit(f"prune point '{conv}': expected one point whose chain or layer names contain it, "
+                         f"got {[p.label for p in matches or points]}")
     return matches[0]
 
 
@@ -178,10 +201,22 @@ def fast_breakdown(model, point, dataset, order, steps, options, batch_size) -> 
     }
 
 
-def naive_curve(model, point, dataset, order, options, batch_size) -> dict:
-    """Build and run the pruned model at every step (step 0 is the original model)."""
+FULL_NAIVE_CHANNELS = 128
+"""Up to this many channels the naive way runs every step."""
+
+
+def naive_steps(channels: int, limit: int) -> list[int]:
+    """Every step, or `limit` evenly spaced ones (0 and C-1 included) above FULL_NAIVE_CHANNELS."""
+    if limit <= 0 or channels <= max(limit, FULL_NAIVE_CHANNELS):
+        return list(range(channels))
+    return sorted({int(round(k)) for k in np.linspace(0, channels - 1, limit)})
+
+
+def naive_curve(model, point, dataset, order, options, batch_size, steps) -> dict:
+    """Build and run the pruned model at each of `steps` (step 0 is the original model); the
+    whole-curve time is extrapolated from the mean step when `steps` is a sample."""
     surgery_s, run_s, predicted, masked_steps = 0.0, 0.0, [], 0
-    for k in range(point.channels):
+    for k in steps:
         pruned = model
         if k:
             elapsed, result = timed(prune_channels, model, point, order[:k])
@@ -191,7 +226,10 @@ def naive_curve(model, point, dataset, order, options, batch_size) -> dict:
         start = time.perf_counter()
         predicted.append(predict(ModelRunner(pruned, options=options), dataset, batch_size))
         run_s += time.perf_counter() - start
-    return {"surgery_s": surgery_s, "run_s": run_s, "total_s": surgery_s + run_s,
+    measured = surgery_s + run_s
+    total = measured if len(steps) == point.channels else measured / len(steps) * point.channels
+    return {"surgery_s": surgery_s, "run_s": run_s, "total_s": total, "measured_s": measured,
+            "steps_timed": len(steps), "extrapolated": len(steps) != point.channels,
             "masked_steps": masked_steps, "predictions": np.stack(predicted)}
 
 
@@ -239,12 +277,15 @@ def bench_case(case: Case, args: argparse.Namespace, folder: Path) -> dict:
     fast_s, fast_runs, curve = median_time(args.repeats, measure_curve, model, point, order, dataset,
                                            options=options, batch_size=args.batch_size)
     breakdown = fast_breakdown(model, point, dataset, order, steps, options, args.batch_size)
-    naive = naive_curve(model, point, dataset, order, options, args.batch_size)
+    timed_steps = naive_steps(point.channels, args.naive_steps)
+    naive = naive_curve(model, point, dataset, order, options, args.batch_size, timed_steps)
     naive_predictions = naive.pop("predictions")
-    check = compare(breakdown.pop("predictions"), naive_predictions)
-    check["accuracy_identical"] = curve.clean_accuracy == [accuracy(p, labels) for p in naive_predictions]
+    check = compare(breakdown.pop("predictions")[timed_steps], naive_predictions)
+    check["accuracy_identical"] = [curve.clean_accuracy[k] for k in timed_steps] == [
+        accuracy(p, labels) for p in naive_predictions]
     return {
-        "model": case.name, "note": case.note, "prune_point": point.conv, "channels": point.channels,
+        "model": case.name, "note": case.note, "prune_point": point.label, "tensor": point.tensor,
+        "removable": point.removable, "channels": point.channels,
         "channel_axis": point.channel_axis, "input_shape": list(x.shape[1:]), "samples": len(x),
         "path": curve.sweep_method, "profile_pass_s": profile_s, "fast_s": fast_s, "naive_s": naive["total_s"],
         "speedup": naive["total_s"] / fast_s, "passes": fast_s / profile_s,
@@ -256,17 +297,18 @@ def bench_case(case: Case, args: argparse.Namespace, folder: Path) -> dict:
 
 
 def print_tables(rows: list[dict]) -> None:
-    print(f"\n{'model':<22}{'C':>4}  {'path':<12}{'profile s':>10}{'fast s':>9}{'naive s':>9}{'speedup':>9}"
+    print(f"\n{'model':<30}{'C':>5}  {'path':<14}{'profile s':>10}{'fast s':>9}{'naive s':>10}{'speedup':>9}"
           f"{'passes':>8}  identical  goals")
     for r in rows:
-        print(f"{r['model']:<22}{r['channels']:>4}  {r['path']:<12}{r['profile_pass_s']:>10.3f}{r['fast_s']:>9.3f}"
-              f"{r['naive_s']:>9.2f}{r['speedup']:>8.1f}x{r['passes']:>8.2f}  {str(r['check']['identical']):<9}  "
+        approx = "~" if r["timings"]["naive"]["extrapolated"] else " "
+        print(f"{r['model']:<30}{r['channels']:>5}  {r['path']:<14}{r['profile_pass_s']:>10.3f}{r['fast_s']:>9.3f}"
+              f"{r['naive_s']:>9.2f}{approx}{r['speedup']:>8.1f}x{r['passes']:>8.2f}  {str(r['check']['identical']):<9}  "
               f"{'met' if r['meets_speed_goal'] and r['meets_pass_goal'] else 'MISSED'}")
-    print(f"\n{'model':<22}{'variant':<16}{'pruned':>7}{'acc':>7}{'params':>10}{'MFLOPs':>9}"
+    print(f"\n{'model':<30}{'variant':<16}{'pruned':>7}{'acc':>7}{'params':>10}{'MFLOPs':>9}"
           f"{'ms b=1':>9}{'ms b=32':>9}  removed")
     for r in rows:
         for c in r["cost"]:
-            print(f"{r['model']:<22}{c['variant']:<16}{c['channels_pruned']:>7}{c['clean_accuracy']:>7.3f}"
+            print(f"{r['model']:<30}{c['variant']:<16}{c['channels_pruned']:>7}{c['clean_accuracy']:>7.3f}"
                   f"{c['parameters']:>10}{c['flops'] / 1e6:>9.2f}{c['latency_ms_batch1']:>9.3f}"
                   f"{c['latency_ms_batch32']:>9.3f}  {c['physically_removed']}")
 
@@ -284,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the profile pass and fast curve (median)")
     parser.add_argument("--latency-runs", type=int, default=30)
+    parser.add_argument("--naive-steps", type=int, default=12,
+                        help="time the naive way on this many evenly spaced steps when a point has more channels "
+                             "(0: every step)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 64 samples, 1 repeat, 5 latency runs")
     parser.add_argument("--out", type=Path, default=RESULTS / "prune_sweep.json")
     parser.add_argument("--only", nargs="*", help="benchmark only these models (names as printed)")
@@ -291,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.samples, args.repeats, args.latency_runs = 64, 1, 5
     cases = [c for c in CASES if not args.only or c.name in args.only]
+    if not torchvision_zoo.available():
+        print("torchvision is not installed: skipping the tv_* cases (install the `test` extra)")
+        cases = [c for c in cases if not c.name.startswith("tv_")]
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         rows = []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from fp_onnx.cli.options import compose
+from fp_onnx.cli.options import FINITE_FLOAT, compose
 from fp_onnx.errors import BadOptionError
 from fp_onnx.finetune import OPTIMIZERS, FineTuneConfig
 from fp_onnx.recipes import KEEP_POLICIES, RECIPES
@@ -16,7 +16,7 @@ recover_option = click.option(
 finetune_options = compose(
     click.option("--epochs", type=click.IntRange(min=1), default=None,
                  help="Epoch budget (default: the recipe's; the paper's stops early, the others run it all)."),
-    click.option("--lr", type=float, default=None,
+    click.option("--lr", type=FINITE_FLOAT, default=None,
                  help="Learning rate (default: the recipe's, e.g. 0.001 for the paper's). Tensors whose steps would "
                       "be out of proportion with the rest (inputs on a 0-255 scale) get a lower one automatically."),
     click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True),
@@ -26,12 +26,13 @@ finetune_options = compose(
                  help="Return the best epoch on validation or the last one (default: the recipe's)."),
     click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
                  help="L2 weight decay (default: the recipe's)."),
-    click.option("--label-smoothing", type=float, default=0.0, show_default=True,
+    click.option("--label-smoothing", type=FINITE_FLOAT, default=0.0, show_default=True,
                  help="Label smoothing of the fine-tuning loss (0: plain cross-entropy)."),
-    click.option("--noise", type=float, default=0.0, show_default=True,
+    click.option("--noise", type=FINITE_FLOAT, default=0.0, show_default=True,
                  help="Add Gaussian noise of this relative std to every weight before fine-tuning (paper §4)."),
     click.option("--mixed-precision", is_flag=True, help="Use float16 autocast on CUDA."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, shuffling and noise."),
+    click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+                 help="Seed for splits, shuffling and noise."),
     click.option("--max-recoveries", type=int, default=None,
                  help="When training diverges (non-finite or exploding loss, collapsing validation accuracy) or "
                       "ends below the accuracy --max-accuracy-drop allows though it started above it, restore good "

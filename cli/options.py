@@ -6,6 +6,7 @@ decorators plus a few library calls.
 """
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -14,17 +15,21 @@ from pathlib import Path
 
 import click
 
-from fp_onnx.data import DataKeys, Dataset, open_dataset
+from fp_onnx.data import MAX_CLASS_ID, DataKeys, Dataset, open_dataset
 from fp_onnx.errors import BadOptionError
-from fp_onnx.images import ImagePreprocess
+from fp_onnx.images import MAX_IMAGE_PIXELS, ImagePreprocess
 from fp_onnx.loading import DEFAULT_MAX_BYTES, LoadedModel, load_model
+from fp_onnx.memory import budget_bytes
 from fp_onnx.metrics import AttackSpec
 from fp_onnx.prune_point import PrunePoint, resolve_prune_point
 from fp_onnx.runtime import DEVICES, OPTIMIZATION_LEVELS, RuntimeOptions
+from fp_onnx.signature import class_count
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
-          "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
+          "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40, "pib": 2**50}
+MAX_SIZE = 2**60
+"""Sizes beyond an exbibyte are typos (and overflow the C integers onnxruntime uses)."""
 
 
 def compose(*decorators: Callable) -> Callable:
@@ -36,6 +41,23 @@ def compose(*decorators: Callable) -> Callable:
     return apply
 
 
+class FiniteFloat(click.ParamType):
+    """A float that is a real number: 'nan' and 'inf' parse as floats but mean nothing as a flag value."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE_FLOAT = FiniteFloat()
+
 model_argument = click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 
 runtime_options = compose(
@@ -46,7 +68,12 @@ runtime_options = compose(
                  show_default=True, help="onnxruntime graph optimisation level."),
     click.option("--max-model-size", default="8GiB", show_default=True,
                  help="Refuse model files (with external data) larger than this."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+    click.option("--max-memory", default="auto", show_default=True,
+                 help="Memory budget that inference batches and prune-sweep chunks are sized to, e.g. 4GiB "
+                      "(auto: half the memory available at start)."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+                 help="Training batch; inference batches use at most this many samples, fewer when "
+                      "--max-memory requires."),
 )
 
 layer_option = click.option(
@@ -62,7 +89,7 @@ data_key_options = compose(
 
 image_options = compose(
     click.option("--image-size", default=None, metavar="HxW", help="Resize images from class folders to HxW."),
-    click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Multiply pixel values by this."),
+    click.option("--scale", type=FINITE_FLOAT, default=1 / 255, show_default="1/255", help="Multiply pixel values by this."),
     click.option("--mean", default="0", show_default=True, help="Per-channel mean to subtract, comma-separated."),
     click.option("--std", default="1", show_default=True, help="Per-channel std to divide by, comma-separated."),
     click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True,
@@ -97,15 +124,26 @@ def show_progress() -> bool:
     return sys.stderr.isatty()
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, flag: str = "--max-model-size") -> int:
     match = _SIZE.match(text)
     if not match:
-        raise BadOptionError(f"--max-model-size {text}: use a number with an optional unit, e.g. 500MB or 8GiB")
-    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+        raise BadOptionError(f"{flag} {_shown(text)}: use a number with an optional unit, e.g. 500MB or 8GiB")
+    size = float(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
+    if not math.isfinite(size) or size >= MAX_SIZE:
+        raise BadOptionError(f"{flag} {_shown(text)}: too large; at most {MAX_SIZE // _UNITS['pib']} PiB")
+    if size < 1:
+        raise BadOptionError(f"{flag} {_shown(text)}: must be at least 1 byte")
+    return int(size)
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def runtime_from(params: dict) -> RuntimeOptions:
-    return RuntimeOptions(device=params["device"], threads=params["threads"], optimization=params["graph_optimization"])
+    memory = params.get("max_memory") or "auto"
+    return RuntimeOptions(device=params["device"], threads=params["threads"], optimization=params["graph_optimization"],
+                          max_memory=0 if memory.strip().lower() == "auto" else parse_size(memory, "--max-memory"))
 
 
 def load_from(params: dict, path: Path | None = None) -> LoadedModel:
@@ -115,18 +153,25 @@ def load_from(params: dict, path: Path | None = None) -> LoadedModel:
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
     try:
-        return tuple(float(part) for part in text.split(","))
+        values = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise BadOptionError(f"{flag} {text}: expected comma-separated numbers") from None
+        raise BadOptionError(f"{flag} {_shown(text)}: expected comma-separated numbers") from None
+    if not all(math.isfinite(value) for value in values):
+        raise BadOptionError(f"{flag} {_shown(text)}: values must be finite numbers")
+    return values
 
 
 def _image_size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
-    match = re.fullmatch(r"(\d+)[x,](\d+)", text.strip())
+    match = re.fullmatch(r"(\d{1,9})[x,](\d{1,9})", text.strip())
     if not match:
-        raise BadOptionError(f"--image-size {text}: expected HxW, e.g. 32x32")
-    return int(match.group(1)), int(match.group(2))
+        raise BadOptionError(f"--image-size {_shown(text)}: expected HxW, e.g. 32x32")
+    height, width = int(match.group(1)), int(match.group(2))
+    if height < 1 or width < 1 or height * width > MAX_IMAGE_PIXELS:
+        raise BadOptionError(f"--image-size {text}: each side at least 1 and at most {MAX_IMAGE_PIXELS} pixels "
+                             "in all (Pillow's own decompression-bomb limit)")
+    return height, width
 
 
 def dataset_from(params: dict, path: Path) -> Dataset:
@@ -139,7 +184,7 @@ def dataset_from(params: dict, path: Path) -> Dataset:
         grayscale=params.get("grayscale", False),
     )
     keys = DataKeys(x=params.get("x_key", "x"), y=params.get("y_key", "y"), target=params.get("target_key", "target"))
-    return open_dataset(path, keys=keys, preprocess=preprocess)
+    return open_dataset(path, keys=keys, preprocess=preprocess, memory_budget=budget_bytes(runtime_from(params).max_memory))
 
 
 def attack_from(params: dict, has_trigger_data: bool) -> AttackSpec | None:
@@ -158,9 +203,12 @@ def attack_from(params: dict, has_trigger_data: bool) -> AttackSpec | None:
     if target == "data":
         return AttackSpec("targeted", None)
     try:
-        return AttackSpec("targeted", int(target))
+        target_class = int(target)
     except ValueError:
-        raise BadOptionError(f"--target {target}: expected a class id or 'data'") from None
+        raise BadOptionError(f"--target {_shown(target)}: expected a class id or 'data'") from None
+    if not 0 <= target_class <= MAX_CLASS_ID:
+        raise BadOptionError(f"--target {_shown(target)}: a class id is a whole number from 0 to {MAX_CLASS_ID}")
+    return AttackSpec("targeted", target_class)
 
 
 @dataclass
@@ -177,6 +225,9 @@ class CommandInputs:
 def open_inputs(params: dict) -> CommandInputs:
     loaded = load_from(params)
     attack = attack_from(params, params["trigger_path"] is not None)
+    classes = class_count(loaded.model)
+    if attack is not None and attack.target is not None and classes is not None and attack.target >= classes:
+        raise BadOptionError(f"--target {attack.target}: the model scores {classes} classes (0..{classes - 1})")
     point = resolve_prune_point(loaded.model, params["layer"])
     clean = dataset_from(params, params["data_path"])
     triggered = dataset_from(params, params["trigger_path"]) if params["trigger_path"] else None

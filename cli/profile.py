@@ -51,7 +51,7 @@ def profile_summary(profile) -> str:
     point, clean = profile.prune_point, profile.clean
     dormant = int((clean.active_fraction == 0).sum())
     lines = [
-        f"prune point: {point.conv} -> {point.tensor} ({point.channels} channels), device {profile.device}",
+        f"prune point: {point.label} -> {point.tensor} ({point.channels} channels), device {profile.device}",
         f"clean: {clean.samples} samples, {dormant} channels never active"
         + (f", accuracy {clean.accuracy:.4f}" if clean.accuracy is not None else ""),
     ]

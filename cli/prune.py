@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from fp_onnx.cli.options import (
+    FINITE_FLOAT,
     attack_options,
     compose,
     data_option,
@@ -25,10 +26,10 @@ from fp_onnx.reporting import write_profile_outputs, write_prune_outputs
 from fp_onnx.shipping import rejected_name, retire
 
 with_stop_rule = compose(
-    click.option("--threshold", type=float, default=None,
+    click.option("--threshold", type=FINITE_FLOAT, default=None,
                  help="Stop before clean validation accuracy drops by more than this ABSOLUTE amount "
                       "(0.04 = 4 points, the paper's choice). Default when no other rule is given: 0.04."),
-    click.option("--fraction", type=float, default=None, help="Instead: prune this fraction of the channels."),
+    click.option("--fraction", type=FINITE_FLOAT, default=None, help="Instead: prune this fraction of the channels."),
     click.option("--channels", type=int, default=None, help="Instead: prune this many channels."),
 )
 """The stop rule of the pruning defense: one of --threshold, --fraction, --channels."""
@@ -89,5 +90,6 @@ def prune_summary(outcome) -> str:
             f"clean accuracy {curve.clean_accuracy[0]:.4f} -> {curve.clean_accuracy[step]:.4f}")
     if curve.attack_success is not None:
         line += f"; attack success {curve.attack_success[0]:.4f} -> {curve.attack_success[step]:.4f}"
-    removed = "physically removed" if outcome.surgery.physically_removed else "forced to zero (graph needs them)"
+    surgery = outcome.surgery
+    removed = "physically removed" if surgery.physically_removed else f"forced to zero ({surgery.mask_reason})"
     return line + f"\nchannels {removed}; sweep: {curve.sweep_method}"

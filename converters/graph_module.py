@@ -27,7 +27,8 @@ from fp_onnx.converters.initializers import (
 )
 from fp_onnx.converters.ops.tensor import constant_array
 from fp_onnx.converters.registry import OnnxNode, OpFn, find_converter
-from fp_onnx.errors import BadModelError
+from fp_onnx.errors import BadModelError, FpOnnxError, ResourceLimitError
+from fp_onnx.memory import is_out_of_memory
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,12 @@ class OnnxGraphModule(torch.nn.Module):
             args = [env[name] if name else None for name in node.inputs]
             for slot, value in step.static.items():
                 args[slot] = value
-            result = step.fn(*args)
+            try:
+                result = step.fn(*args)
+            except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+                if torch.compiler.is_compiling():
+                    raise
+                raise node_failure(node, exc) from None
             results = (result,) if len(node.outputs) == 1 else (
                 result if isinstance(result, (tuple, list)) else (result,))
             for name, value in zip(node.outputs, results):
@@ -138,6 +144,15 @@ class TensorHookHandle:
             registered.remove(self._hook)
         if not registered:
             self._hooks.pop(self._name, None)
+
+
+def node_failure(node: OnnxNode, exc: Exception) -> FpOnnxError:
+    """A torch op that fails on the vendor's weights or shapes (e.g. a conv bias that does not match its
+    weight, which onnx's checks let through) is the model's fault; running out of memory is not."""
+    if is_out_of_memory(exc):
+        return ResourceLimitError(f"{node.describe()}: out of memory in PyTorch; lower --batch-size")
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return BadModelError(f"{node.describe()} fails in PyTorch: {message}")
 
 
 def onnx_to_torch(model: onnx.ModelProto) -> OnnxGraphModule:

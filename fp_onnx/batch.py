@@ -45,14 +45,25 @@ def make_batch_symbolic(model: onnx.ModelProto) -> onnx.ModelProto | None:
     for tensor in [*graph.inputs, *graph.outputs]:
         if isinstance(tensor, gs.Variable) and tensor.shape:
             tensor.shape = [BATCH_PARAM, *tensor.shape[1:]]
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
-            tensor.shape = None  # stale batch-1 shapes; inference recomputes them
+    _forget_shapes(graph, keep={t.name for t in [*graph.inputs, *graph.outputs]})
     exported = gs.export_onnx(graph)
     del exported.opset_import[:]
     exported.opset_import.extend(model.opset_import)
     exported.ir_version = model.ir_version
     return onnx.shape_inference.infer_shapes(exported)
+
+
+def _forget_shapes(graph: gs.Graph, keep: set[str]) -> None:
+    """Drop the stale batch-1 shapes of intermediate tensors, in subgraphs (If/Loop bodies) too:
+    shape inference recomputes them, and a stale `1` left inside a branch would be trusted."""
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor.name not in keep:
+            tensor.shape = None
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for subgraph in value if isinstance(value, list) else [value]:
+                if isinstance(subgraph, gs.Graph):
+                    _forget_shapes(subgraph, keep | {t.name for t in subgraph.inputs})
 
 
 def _rewrite_reshape(node: gs.Node) -> bool:

@@ -14,6 +14,7 @@ use this one table.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fp_onnx.graph import input_constant
+from fp_onnx.registry import register
 
 
 # Maps the per-channel constant values of some input channels (a channel that is the same number
@@ -57,15 +59,24 @@ ChannelHandler = Callable[[gs.Node, int, int, int], "ChannelRule | None"]
 _HANDLERS: dict[str, ChannelHandler] = {}
 
 
-def channel_op(*op_types: str) -> Callable[[ChannelHandler], ChannelHandler]:
-    """Register `handler(node, input_index, axis, rank) -> ChannelRule | None` for `op_types`."""
+def channel_op(*op_types: str, replace: bool = False) -> Callable[[ChannelHandler], ChannelHandler]:
+    """Register `handler(node, input_index, axis, rank) -> ChannelRule | None` for `op_types`.
 
-    def register(handler: ChannelHandler) -> ChannelHandler:
-        for op_type in op_types:
-            _HANDLERS[op_type] = handler
-        return handler
+    This is the public way to teach prune-point discovery and surgery a vendor op that works
+    per channel (a contrib activation, say). Registering an op type twice raises ValueError
+    unless `replace=True`, so a typo never silently overrides a built-in rule.
 
-    return register
+    Example::
+
+        @channel_op("Mish")
+        def mish(node, index, axis, rank):
+            return ChannelRule(axis) if index == 0 else None
+    """
+
+    def add(handler: ChannelHandler) -> ChannelHandler:
+        return register(_HANDLERS, op_types, handler, replace=replace, what="a channel rule")
+
+    return add
 
 
 def channel_rule(node: gs.Node, input_index: int, axis: int, rank: int) -> ChannelRule | None:
@@ -102,7 +113,16 @@ _UNARY: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "HardSigmoid": lambda v, a: np.clip(a.get("alpha", 0.2) * v + a.get("beta", 0.5), 0, 1),
     "Softplus": lambda v, a: np.log1p(np.exp(v)),
     "Exp": lambda v, a: np.exp(v),
+    "Gelu": lambda v, a: _gelu(v, a.get("approximate", "none")),
 }
+
+
+def _gelu(v: np.ndarray, approximate: str) -> np.ndarray:
+    """GELU (opset 20): x * Phi(x), or its tanh approximation."""
+    v = np.asarray(v, dtype=np.float64)
+    if approximate == "tanh":
+        return 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))
+    return 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2)))
 
 
 @channel_op(*_UNARY)

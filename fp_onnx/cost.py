@@ -133,7 +133,7 @@ def _reduction(node: onnx.NodeProto, shapes: Shapes) -> int:
 
 @flop_function("Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu",
                "Selu", "Softplus", "Softsign", "Exp", "Add", "Sub", "Mul", "Div", "Sqrt", "Pow", "Max", "Min",
-               "Erf", "Neg", "Abs")
+               "Erf", "Neg", "Abs", "Gelu")
 def _elementwise(node: onnx.NodeProto, shapes: Shapes) -> int:
     return _size(shapes, node.output[0])
 

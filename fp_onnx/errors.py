@@ -25,6 +25,10 @@ class UnsafeFileError(BadModelError):
     exit_code = 4
 
 
+class ResourceLimitError(UnsafeFileError):
+    """An input needs more than a cap allows: memory (--max-memory) or size (--max-model-size)."""
+
+
 class UnsupportedOpError(BadModelError):
     """An op (or op/opset pair) that a pipeline step has no handler for."""
 

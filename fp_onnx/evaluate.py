@@ -7,10 +7,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
-from fp_onnx.data import Dataset, check_fits
+from fp_onnx.data import Dataset, check_fits, check_labels
+from fp_onnx.errors import BadDataError
 from fp_onnx.inference import ModelRunner, predictions
 from fp_onnx.metrics import AttackSpec, accuracy, attack_success_rate
 from fp_onnx.runtime import RuntimeOptions
+from fp_onnx.signature import class_count
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,10 @@ class Measurement:
 
 def predict(runner: ModelRunner, dataset: Dataset, batch_size: int) -> np.ndarray:
     check_fits(dataset, runner.input)
-    return np.concatenate([predictions(runner.run(b.x)[runner.output]) for b in dataset.batches(batch_size)])
+    if len(dataset) == 0:
+        raise BadDataError(f"{dataset.source}: holds no samples")
+    batches = dataset.batches(runner.batch_size(batch_size))
+    return np.concatenate([predictions(runner.run(b.x)[runner.output]) for b in batches])
 
 
 def measure(
@@ -40,6 +45,8 @@ def measure(
 ) -> Measurement:
     """Clean accuracy on `clean` and, given triggered data, the attack success rate."""
     runner = ModelRunner(model, options=options)
+    for dataset in (clean, triggered) if triggered is not None else (clean,):
+        check_labels(dataset, class_count(model))
     clean_accuracy = accuracy(predict(runner, clean, batch_size), clean.labels)
     success = None
     if triggered is not None and attack is not None:

@@ -39,13 +39,14 @@ import torch
 
 from fp_onnx.batch import has_fixed_batch_of_one, make_batch_symbolic
 from fp_onnx.converters import onnx_to_torch, write_back
-from fp_onnx.data import Dataset, check_fits
+from fp_onnx.data import Dataset, check_fits, check_labels
 from fp_onnx.distributed import DistributedContext
 from fp_onnx.divergence import DivergenceMonitor
 from fp_onnx.errors import BadDataError, BadOptionError
 from fp_onnx.inference import single_input
 from fp_onnx.backoff import RecoveringRun
 from fp_onnx.recipes import KEEP_POLICIES, find_recipe
+from fp_onnx.signature import class_count
 from fp_onnx.training import Trainer
 
 OPTIMIZERS = ("sgd", "adam")
@@ -219,6 +220,7 @@ def fine_tune(
     spec = single_input(model)
     for dataset in (train, val):
         check_fits(dataset, spec)
+        check_labels(dataset, class_count(model))
         if dataset.labels is None:
             raise BadDataError(f"{dataset.source}: fine-tuning needs labels ('y')")
     started = time.perf_counter()

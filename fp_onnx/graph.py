@@ -2,8 +2,9 @@
 
 fp-onnx analyses and edits graphs as `onnx_graphsurgeon.Graph` objects (see
 docs/architecture.md). These helpers answer the questions every graph step asks:
-who produces or consumes a tensor, what constant a tensor holds (an initializer
-or a `Constant` node), and what shape it has. None of them mutate the graph.
+who produces or consumes a tensor, what constant a tensor holds (an initializer,
+a `Constant` node, or either behind a chain of `Identity` nodes), and what shape
+it has. None of them mutate the graph.
 """
 from __future__ import annotations
 
@@ -33,10 +34,25 @@ def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(out is tensor for out in graph.outputs)
 
 
+def constant_source(tensor: gs.Tensor) -> gs.Tensor:
+    """`tensor` with any chain of `Identity` nodes in front of it skipped.
+
+    The TorchScript exporter deduplicates equal initializers and feeds the copies
+    through `Identity` nodes, so a Conv's weight or a BatchNorm's scale can be the
+    output of `Identity(initializer)`: it is that constant all the same."""
+    node = producer(tensor)
+    while node is not None and node.op == "Identity" and node.inputs:
+        tensor = node.inputs[0]
+        node = producer(tensor)
+    return tensor
+
+
 def constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """The value of an initializer or of a `Constant` node's output; None for computed tensors."""
+    """The value of an initializer or of a `Constant` node's output, also behind `Identity`
+    nodes (see `constant_source`); None for computed tensors."""
     if tensor is None:
         return None
+    tensor = constant_source(tensor)
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
     node = producer(tensor)
@@ -58,6 +74,15 @@ def input_constant(node: gs.Node, index: int) -> np.ndarray | None:
     if index >= len(node.inputs) or not node.inputs[index].name:
         return None
     return constant_value(node.inputs[index])
+
+
+def axes_of(node: gs.Node) -> list[int] | None:
+    """A reduction's or Squeeze/Unsqueeze's `axes`: the attribute (older opsets) or constant input 1
+    (ReduceSum 13+, the other reductions 18+, Squeeze/Unsqueeze 13+); None when computed or absent."""
+    axes = node.attrs.get("axes")
+    if axes is None:
+        axes = input_constant(node, 1)
+    return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
 
 
 def shape_of(tensor: gs.Tensor) -> tuple[Dim, ...] | None:

@@ -71,10 +71,12 @@ def check_clean(model: onnx.ModelProto, data: Dataset, *, options: RuntimeOption
     """Run `model` on labelled `data`; outputs with NaN/inf count as wrong and are counted."""
     if data.labels is None:
         raise BadDataError(f"{data.source}: checking clean accuracy needs labels ('y')")
+    if len(data) == 0:
+        raise BadDataError(f"{data.source}: holds no samples")
     runner = ModelRunner(model, options=options)
     check_fits(data, runner.input)
     correct, nonfinite = 0, 0
-    for batch in data.batches(batch_size):
+    for batch in data.batches(runner.batch_size(batch_size)):
         scores = runner.run(batch.x)[runner.output]
         finite = np.isfinite(scores.reshape(len(scores), -1)).all(axis=1)
         correct += int(((predictions(scores) == batch.y) & finite).sum())

@@ -7,6 +7,7 @@ matplotlib dependency already, and handles PNG/JPEG/PPM/BMP without surprises).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from fp_onnx.errors import BadDataError, BadOptionError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"})
 LAYOUTS = ("NCHW", "NHWC")
+MAX_IMAGE_PIXELS = 89_478_485
+"""Largest image (height x width) we decode or resize to: Pillow's own decompression-bomb limit."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,15 @@ class ImagePreprocess:
             raise BadOptionError(f"--layout {self.layout}: choose NCHW or NHWC")
         if any(s == 0 for s in self.std):
             raise BadOptionError("--std: values must be non-zero")
+        channels = 1 if self.grayscale else 3
+        for flag, values in (("--mean", self.mean), ("--std", self.std)):
+            if len(values) not in (1, channels):
+                raise BadOptionError(
+                    f"{flag} {','.join(f'{v:g}' for v in values)}: give 1 value or one per channel "
+                    f"({channels} for {'grayscale' if self.grayscale else 'RGB'} images)"
+                )
+        if not np.isfinite(self.scale):
+            raise BadOptionError(f"--scale {self.scale}: must be a finite number")
 
     def __call__(self, image) -> np.ndarray:
         image = image.convert("L" if self.grayscale else "RGB")
@@ -55,8 +67,12 @@ def load_image(path: Path):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise BadDataError(f"{path}: not a readable image ({exc})") from None
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; we refuse both the same way.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise BadDataError(f"{path}: not a readable image ({str(exc).splitlines()[0] if str(exc) else exc})") from None

@@ -17,7 +17,8 @@ from onnx import helper
 
 from fp_onnx.batch import has_fixed_batch_of_one, make_batch_symbolic
 from fp_onnx.errors import BadDataError, BadModelError
-from fp_onnx.runtime import RuntimeOptions, active_device, create_session
+from fp_onnx.memory import SESSION_COPIES, activation_bytes, budget_bytes, check_sample_fits, rows_within, weight_bytes
+from fp_onnx.runtime import RuntimeOptions, active_device, create_session, run_failure
 from fp_onnx.signature import TensorSpec, real_inputs, tensor_spec
 
 _AGREEMENT = dict(rtol=1e-4, atol=1e-5)
@@ -41,6 +42,9 @@ class ModelRunner:
         self.taps = tuple(taps)
         self.notes: list[str] = []
         tapped = with_outputs(model, self.taps)
+        self.sample_bytes, self._largest = activation_bytes(tapped)
+        self.memory_budget = budget_bytes(options.max_memory)
+        self._weight_bytes = weight_bytes(model)
         self._session = create_session(tapped, options)
         self._batched_session = None
         self._per_sample = False
@@ -51,6 +55,28 @@ class ModelRunner:
     @property
     def device(self) -> str:
         return active_device(self._session)
+
+    @property
+    def runs_per_sample(self) -> bool:
+        """True once the runner found that the (fixed batch-1) graph must be fed one sample at a time."""
+        return self._per_sample
+
+    def memory_room(self, share: float = 1.0, other_weights: int = 0) -> int:
+        """`share` of the memory budget left for activations once the copies of the weights (this
+        model's and `other_weights` bytes of the caller's other sessions) are set aside; at least a
+        quarter of the budget, since the weights are there whatever we choose."""
+        fixed = SESSION_COPIES * self._weight_bytes + other_weights
+        return int(max(self.memory_budget - fixed, self.memory_budget // 4) * share)
+
+    def batch_size(self, requested: int, share: float = 1.0, extra_per_sample: int = 0, other_weights: int = 0) -> int:
+        """The largest batch up to `requested` whose activations (plus `extra_per_sample` bytes of the
+        caller's own per-sample arrays) fit `share` of the memory room.
+
+        Raises ResourceLimitError when not even one sample fits (fp_onnx.memory).
+        """
+        room = self.memory_room(share, other_weights)
+        check_sample_fits(self.sample_bytes, self._largest, room, "the model")
+        return rows_within(room, self.sample_bytes + extra_per_sample, requested)
 
     def _prepare_batching(self, tapped: onnx.ModelProto, options: RuntimeOptions) -> None:
         symbolic = make_batch_symbolic(tapped)
@@ -80,7 +106,7 @@ class ModelRunner:
         self._batch_checked = True
         try:
             batched = self._run(self._batched_session, sample)
-        except BadDataError:
+        except (BadDataError, BadModelError):  # the batch-symbolic copy fails where the vendor graph does not
             self._fall_back_to_per_sample("the graph breaks with a larger batch")
             return
         single = _concatenate([self._run(self._session, sample[i : i + 1]) for i in range(len(sample))])
@@ -94,10 +120,17 @@ class ModelRunner:
         try:
             values = session.run(names, {self.input.name: x})
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped errors on bad feeds
-            raise BadDataError(
-                f"onnxruntime rejected a batch of shape {list(x.shape)} for input {self.input.describe()}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__}"
-            ) from None
+            # A node failing on a batch that fits the input is the graph's fault; a refused feed is the data's.
+            inside_node = "while running" in str(exc)
+            raise run_failure(exc, f"onnxruntime {'failed running the model on' if inside_node else 'rejected'} a "
+                                   f"batch of shape {list(x.shape)} for input {self.input.describe()}",
+                              BadModelError if inside_node else BadDataError) from None
+        for name, value in zip(names, values):
+            if value.shape[:1] != (len(x),):
+                raise BadModelError(
+                    f"model output '{name}' has shape {list(value.shape)} for a batch of {len(x)} samples: it does "
+                    "not follow the input batch (is the graph wired to its input?)"
+                )
         return dict(zip(names, values))
 
 

@@ -6,19 +6,21 @@ A model from a vendor we cannot fully trust is parsed defensively:
   cannot make us allocate without bound;
 * external data may only come from regular files inside the model's own folder:
   absolute paths, `..` components and symlinks that resolve outside it are refused
-  (the torch dynamo exporter's `model.onnx.data` next to the model is normal);
+  (the torch dynamo exporter's `model.onnx.data` next to the model is normal; see
+  `fp_onnx.external_data`);
+* the graph must have outputs, and its IR version and opsets must be ones the
+  installed onnx and onnxruntime know (a future opset's ops have no defined meaning);
 * the full ONNX checker and shape inference must pass;
 * every op domain must be one onnxruntime can run (or a model-local function).
 
-After `load_model` returns, later steps may rely on: shapes inferred, every node
-named uniquely (vendor files sometimes leave names empty; we fill `<op_type>_<i>`),
+After `load_model` returns, later steps may rely on: shapes inferred (by onnx, and by
+onnxruntime for contrib ops onnx has no schema for), every node named uniquely (vendor files sometimes leave names empty; we fill `<op_type>_<i>`),
 and all external data held in memory.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,8 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from fp_onnx.errors import BadModelError, UnsafeFileError
+from fp_onnx.external_data import read_external_data
+from fp_onnx.runtime import runtime_value_info, unsupported_opsets
 
 DEFAULT_MAX_BYTES = 8 * 1024**3
 """Cap on the model file plus its external data (8 GiB); `--max-model-size` changes it."""
@@ -53,11 +57,12 @@ def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -
     _check_model_file(path, max_bytes)
     raw = path.read_bytes()
     model = _parse(raw, path)
-    data_files = _vet_external_data(model, path, max_bytes - len(raw))
-    if data_files:
-        onnx.load_external_data_for_model(model, str(path.parent))
+    _check_outputs(model, path)
+    _check_opsets(model, path)
+    data_files = read_external_data(model, path, max_bytes - len(raw))
     _check_domains(model, path)
     model = _check_and_infer(model, path)
+    _complete_value_info(model)
     _name_nodes(model.graph)
     return LoadedModel(
         path=path,
@@ -90,71 +95,27 @@ def _parse(raw: bytes, path: Path) -> onnx.ModelProto:
     return model
 
 
-def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every TensorProto a graph carries: initializers, sparse values, node attributes, subgraphs."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("g"):
-                yield from iter_tensors(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from iter_tensors(subgraph)
+def _check_outputs(model: onnx.ModelProto, path: Path) -> None:
+    if not model.graph.output:
+        raise BadModelError(f"{path}: the graph has no outputs; a classifier must output its class scores")
 
 
-def _vet_external_data(model: onnx.ModelProto, path: Path, budget: int) -> dict[str, Path]:
-    """Check every external-data reference; return {location: resolved file} of those used."""
-    folder = path.parent.resolve()
-    files: dict[str, Path] = {}
-    for tensor in iter_tensors(model.graph):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {entry.key: entry.value for entry in tensor.external_data}
-        location = info.get("location", "")
-        if location not in files:
-            files[location] = _safe_data_file(location, folder, path, tensor.name)
-        _check_data_range(info, files[location], tensor.name, path)
-    total = sum(file.stat().st_size for file in files.values())
-    if total > budget:
-        raise UnsafeFileError(
-            f"{path}: model plus external data exceed the size cap ({total} bytes of data); "
-            "raise it with --max-model-size if you trust the file"
-        )
-    return files
-
-
-def _safe_data_file(location: str, folder: Path, path: Path, tensor: str) -> Path:
-    refused = f"{path}: tensor '{tensor}' refers to external data '{location}'"
-    if not location:
-        raise UnsafeFileError(f"{refused}, which names no file")
-    candidate = Path(location)
-    if candidate.is_absolute() or candidate.drive or ".." in candidate.parts or "\\" in location:
-        raise UnsafeFileError(f"{refused} outside the model's folder; external data must sit beside the model")
-    resolved = (folder / candidate).resolve()
-    if not resolved.is_relative_to(folder):
-        raise UnsafeFileError(f"{refused}, a link that leaves the model's folder; refusing to follow it")
-    if not resolved.is_file():
-        raise BadModelError(f"{refused}, which does not exist next to the model")
-    return resolved
-
-
-def _check_data_range(info: dict[str, str], file: Path, tensor: str, path: Path) -> None:
-    try:
-        offset = int(info.get("offset", 0))
-        length = int(info["length"]) if "length" in info else None
-    except ValueError:
-        raise UnsafeFileError(f"{path}: tensor '{tensor}' has a malformed external-data offset/length") from None
-    size = file.stat().st_size
-    if offset < 0 or offset > size or (length is not None and (length < 0 or offset + length > size)):
-        raise UnsafeFileError(
-            f"{path}: tensor '{tensor}' reads bytes {offset}..{offset + (length or 0)} of '{file.name}', "
-            f"which has only {size} bytes"
-        )
+def _check_opsets(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse opsets newer than the installed onnx or onnxruntime know (their meaning is not defined yet)."""
+    known = onnx.defs.C.schema_version_map()
+    if model.ir_version > onnx.IR_VERSION:
+        raise BadModelError(f"{path}: IR version {model.ir_version} is newer than onnx {onnx.__version__} "
+                            f"supports ({onnx.IR_VERSION}); upgrade onnx or re-export the model")
+    for opset in model.opset_import:
+        domain = "" if opset.domain == "ai.onnx" else opset.domain
+        if domain in known and not 1 <= opset.version <= known[domain][1]:
+            raise BadModelError(
+                f"{path}: declares opset {opset.version} of domain '{opset.domain or 'ai.onnx'}'; onnx "
+                f"{onnx.__version__} knows opsets 1..{known[domain][1]}; re-export the model with a released opset"
+            )
+    problem = unsupported_opsets(model)
+    if problem:
+        raise BadModelError(f"{path}: {problem}; re-export the model with an older opset or upgrade onnxruntime")
 
 
 def _check_domains(model: onnx.ModelProto, path: Path) -> None:
@@ -170,12 +131,26 @@ def _check_domains(model: onnx.ModelProto, path: Path) -> None:
 def _check_and_infer(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     if model.ByteSize() > PROTOBUF_LIMIT:
         raise BadModelError(f"{path}: models above 2 GiB in memory are not supported yet")
+    # The vendor's value_info is a claim, not a fact: a wrong one would mislead prune points, memory
+    # plans and graph cuts, so shapes are inferred afresh from the graph itself.
+    del model.graph.value_info[:]
     try:
         onnx.checker.check_model(model, full_check=True)
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
+        # onnx's C++ checks raise ValueError/RuntimeError for some malformed protos (e.g. data type 999)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise BadModelError(f"{path}: invalid ONNX model: {first_line}") from None
+
+
+def _complete_value_info(model: onnx.ModelProto) -> None:
+    """Type the tensors onnx's inference could not (after a contrib op it has no schema for), from
+    onnxruntime's own inference: cutting the graph at a prune point needs every tensor's type."""
+    graph = model.graph
+    typed = {value.name for value in [*graph.input, *graph.value_info, *graph.output]}
+    missing = [name for node in graph.node for name in node.output if name and name not in typed]
+    if missing:
+        graph.value_info.extend(runtime_value_info(model, missing))
 
 
 def _name_nodes(graph: onnx.GraphProto) -> None:

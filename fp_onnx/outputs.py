@@ -3,7 +3,9 @@
 Everything fp-onnx writes (models, JSON, plots, HTML) goes to a temporary file in
 the destination folder and is renamed over the final name only once complete;
 `os.replace` is atomic on one filesystem. A crash or a bad input therefore leaves
-either the previous file or none, never a truncated one.
+either the previous file or none, never a truncated one. The finished file gets the
+permissions any other tool would give it (0666 minus the umask), not the private
+0600 of a temporary file: a defended model is usually served by another user.
 """
 from __future__ import annotations
 
@@ -42,10 +44,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, final)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (/proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from fp_onnx.data import Dataset, check_fits
+from fp_onnx.data import Dataset, check_fits, check_labels
 from fp_onnx.errors import BadDataError
 from fp_onnx.inference import ModelRunner, predictions
 from fp_onnx.metrics import AttackSpec, accuracy, attack_success_rate
 from fp_onnx.progress import progress_bar
 from fp_onnx.prune_point import PrunePoint
 from fp_onnx.runtime import RuntimeOptions
+from fp_onnx.signature import class_count
 
 
 @dataclass
@@ -122,9 +123,9 @@ def profile_model(
 ) -> ActivationProfile:
     """Mean activation and activity of every channel at `point`, on clean (and triggered) data."""
     runner = ModelRunner(model, taps=[point.tensor], options=options)
-    check_fits(clean, runner.input)
-    if triggered is not None:
-        check_fits(triggered, runner.input)
+    for dataset in (clean, triggered) if triggered is not None else (clean,):
+        check_fits(dataset, runner.input)
+        check_labels(dataset, class_count(model))
     clean_stats = channel_stats(runner, point, clean, batch_size, progress, "profile clean")
     profile = ActivationProfile(point, clean_stats, device=runner.device)
     if triggered is not None:
@@ -146,7 +147,7 @@ def channel_stats(
     accumulator = ChannelAccumulator(point.channels, point.channel_axis)
     predicted = []
     with progress_bar(len(dataset), description, enabled=progress) as bar:
-        for batch in dataset.batches(batch_size):
+        for batch in dataset.batches(runner.batch_size(batch_size)):
             outputs = runner.run(batch.x)
             accumulator.add(outputs[point.tensor])
             predicted.append(predictions(outputs[runner.output]))

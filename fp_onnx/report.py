@@ -121,7 +121,7 @@ td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}img{max-widt
 def render_html(report: dict, plots: dict[str, Path]) -> str:
     defense, prune = report["defense"], report["defense"]["prune"]
     point = report["prune_point"]
-    summary = (f"Pruned {prune['channels_pruned']} of {prune['channels']} channels of <code>{html.escape(point['conv'])}</code> "
+    summary = (f"Pruned {prune['channels_pruned']} of {prune['channels']} channels of <code>{html.escape(point['label'])}</code> "
                f"({html.escape(prune['stop_rule_text'])}), then fine-tuned for {defense['finetune']['best_epoch']} epoch(s) "
                f"(best validation accuracy {_percent(defense['finetune']['best_val_accuracy'])}).")
     attack = report["settings"].get("attack")

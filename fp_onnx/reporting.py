@@ -28,7 +28,7 @@ def write_profile_outputs(out_dir: Path, profile: ActivationProfile, loaded: Loa
         out_dir / "activations.png",
         profile.clean.mean_activation,
         None if profile.triggered is None else profile.triggered.mean_activation,
-        title=f"{loaded.path.name}: mean activation of {point.conv} ({point.channels} channels)",
+        title=f"{loaded.path.name}: mean activation of {point.label} ({point.channels} channels)",
     )
     payload = {"model": model_identity(loaded), **profile.to_dict(), "plot": plot.name}
     return [write_json(out_dir / "profile.json", payload), plot]
@@ -57,7 +57,7 @@ def write_prune_outputs(out_dir: Path, outcome: PruneOutcome, loaded: LoadedMode
     model_path, guard = ship_guarded(outcome.surgery.model, out_dir, "pruned.onnx", vendor, clean, max_accuracy_drop,
                                      options=options, batch_size=batch_size)
     plot = plot_outcome_curve(out_dir / "prune_curve.png", outcome,
-                              f"{loaded.path.name}: pruning {outcome.profile.prune_point.conv}")
+                              f"{loaded.path.name}: pruning {outcome.profile.prune_point.label}")
     payload = {
         "guard": guard.to_dict(),
         "model": model_identity(loaded),
@@ -93,7 +93,7 @@ def write_defense_outputs(out_dir: Path, result, loaded: LoadedModel, settings: 
                                         limits.max_accuracy_drop, options=options, batch_size=batch_size)
     profile_paths = write_profile_outputs(out_dir, prune.profile, loaded)
     curve_plot = plot_outcome_curve(out_dir / "prune_curve.png", prune,
-                                    f"{loaded.path.name}: pruning {prune.profile.prune_point.conv}")
+                                    f"{loaded.path.name}: pruning {prune.profile.prune_point.label}")
     report = {
         "verdict": verdict.to_dict(),
         "vendor": model_identity(loaded),

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
+import re
 from dataclasses import dataclass
 
 import onnx
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from fp_onnx.errors import BadModelError, BadOptionError
+from fp_onnx.errors import BadModelError, BadOptionError, FpOnnxError, ResourceLimitError
+from fp_onnx.memory import is_out_of_memory
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 OPTIMIZATION_LEVELS = {
@@ -23,7 +27,15 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_QUIET = 3  # onnxruntime severity: 0 verbose ... 3 error
+ONNXRUNTIME_ERRORS = (RuntimeError, *(value for value in vars(_ort_state).values()
+                                      if isinstance(value, type) and issubclass(value, Exception)))
+"""What a failing onnxruntime call raises (its own untyped exception classes, plus RuntimeError)."""
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+_QUIET = 4  # onnxruntime severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+# onnxruntime logs a failing node or session as an "[E:onnxruntime:...]" line on stderr before
+# it raises; we turn the exception into our own one-line error, so its log would be a second,
+# coloured copy. Errors (severity 3) are silenced too: only fatal messages remain.
+ort.set_default_logger_severity(_QUIET)
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,8 @@ class RuntimeOptions:
     optimization: str = "all"
     allow_spinning: bool = True
     """Let idle intra-op threads spin; off where several sessions take turns on the same cores."""
+    max_memory: int = 0
+    """Memory budget in bytes for batches and sweep chunks (fp_onnx.memory); 0: half the available memory."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -46,6 +60,11 @@ class RuntimeOptions:
             )
         if self.threads < 0:
             raise BadOptionError(f"--threads {self.threads}: must be 0 (automatic) or more")
+        if self.threads > MAX_THREADS:
+            raise BadOptionError(f"--threads {self.threads}: at most {MAX_THREADS} (4 per CPU core); more threads "
+                                 "than cores only slow onnxruntime down")
+        if self.max_memory < 0:
+            raise BadOptionError(f"--max-memory {self.max_memory}: must be positive")
 
 
 @functools.cache
@@ -103,10 +122,94 @@ def create_session(model: onnx.ModelProto, options: RuntimeOptions = RuntimeOpti
     try:
         session = ort.InferenceSession(model.SerializeToString(), session_options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        raise BadModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+        raise run_failure(exc, "onnxruntime cannot load the model") from None
     if options.device in ("cuda", "tensorrt") and session.get_providers()[0] == "CPUExecutionProvider":
         raise BadOptionError(f"--device {options.device}: onnxruntime fell back to the CPU; check the CUDA install")
     return session
+
+
+def unsupported_opsets(model: onnx.ModelProto) -> str | None:
+    """Why onnxruntime cannot run a model of this IR version and these opsets, or None.
+
+    Asked of onnxruntime itself with a one-node model stamped with the same IR version
+    and opsets (of the domains it knows): it refuses versions newer than it implements.
+    """
+    opsets = tuple(sorted({(o.domain, o.version) for o in model.opset_import if o.domain in _ORT_DOMAINS}))
+    return _version_problem(model.ir_version, opsets)
+
+
+_ORT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+
+
+@functools.cache
+def _version_problem(ir_version: int, opsets: tuple[tuple[str, int], ...]) -> str | None:
+    value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [value],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opsets])
+    probe.ir_version = ir_version
+    session_options = ort.SessionOptions()
+    session_options.log_severity_level = _QUIET
+    try:
+        ort.InferenceSession(probe.SerializeToString(), session_options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        return _version_refusal(str(exc), ir_version, opsets)
+    return None
+
+
+def _version_refusal(message: str, ir_version: int, opsets: tuple[tuple[str, int], ...]) -> str:
+    """onnxruntime's long refusal, said in one short sentence."""
+    ir_limit = re.search(r"max supported IR version: (\d+)", message)
+    if ir_limit:
+        return f"IR version {ir_version} is newer than onnxruntime {ort.__version__} supports ({ir_limit.group(1)})"
+    opset_limit = re.search(r"Opset (\d+) .*?domain (\S+) is till opset (\d+)", message, re.DOTALL)
+    if opset_limit:
+        version, domain, limit = opset_limit.groups()
+        return (f"opset {version} of domain '{domain}' is newer than onnxruntime {ort.__version__} supports "
+                f"(up to {limit})")
+    shown = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in opsets)
+    return f"onnxruntime {ort.__version__} refuses IR version {ir_version} with opsets {shown}: {_first_line(message)}"
+
+
+_ORT_ELEM_TYPES = {
+    "float": onnx.TensorProto.FLOAT, "double": onnx.TensorProto.DOUBLE, "float16": onnx.TensorProto.FLOAT16,
+    "bfloat16": onnx.TensorProto.BFLOAT16, "int8": onnx.TensorProto.INT8, "int16": onnx.TensorProto.INT16,
+    "int32": onnx.TensorProto.INT32, "int64": onnx.TensorProto.INT64, "uint8": onnx.TensorProto.UINT8,
+    "uint16": onnx.TensorProto.UINT16, "uint32": onnx.TensorProto.UINT32, "uint64": onnx.TensorProto.UINT64,
+    "bool": onnx.TensorProto.BOOL,
+}
+
+
+def runtime_value_info(model: onnx.ModelProto, names: list[str]) -> list[onnx.ValueInfoProto]:
+    """Types and shapes onnxruntime infers for the named tensors (it knows its contrib ops; onnx does not).
+
+    The tensors become outputs of an unoptimised session that is created but never run.
+    Tensors onnxruntime cannot type (or a model it cannot load) are simply left out.
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
+    session_options = ort.SessionOptions()
+    session_options.log_severity_level = _QUIET
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(copy.SerializeToString(), session_options, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - the session checks of later steps report why, in context
+        return []
+    wanted, found = set(names), []
+    for output in session.get_outputs():
+        elem_type = _ORT_ELEM_TYPES.get(output.type.removeprefix("tensor(").removesuffix(")"))
+        if output.name in wanted and elem_type is not None and output.type.startswith("tensor("):
+            shape = None if output.shape is None else [d if isinstance(d, (int, str)) else None for d in output.shape]
+            found.append(onnx.helper.make_tensor_value_info(output.name, elem_type, shape))
+    return found
+
+
+def run_failure(exc: Exception, what: str, kind: type[FpOnnxError] = BadModelError) -> FpOnnxError:
+    """The error for a failed onnxruntime call: running out of memory is a resource limit, the rest `kind`."""
+    if is_out_of_memory(exc):
+        return ResourceLimitError(f"{what}: out of memory; lower --batch-size or --max-memory, or free memory")
+    return kind(f"{what}: {_first_line(exc)}")
 
 
 def active_device(session: ort.InferenceSession) -> str:
@@ -114,6 +217,6 @@ def active_device(session: ort.InferenceSession) -> str:
     return "cuda" if session.get_providers()[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException | str) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else exc.__class__.__name__

@@ -79,6 +79,15 @@ def signature_of(model: onnx.ModelProto) -> Signature:
     )
 
 
+def class_count(model: onnx.ModelProto) -> int | None:
+    """Classes the first output scores (its per-sample size, as `predictions` flattens it); None if unknown."""
+    outputs = signature_of(model).outputs
+    shape = outputs[0].shape if outputs else None
+    if not shape or len(shape) < 2 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        return None
+    return int(np.prod(shape[1:]))
+
+
 def signature_differences(vendor: onnx.ModelProto, defended: onnx.ModelProto) -> list[str]:
     """Human-readable differences between two signatures; empty when they match."""
     before, after = signature_of(vendor), signature_of(defended)

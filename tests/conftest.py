@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 import model_zoo
+import torchvision_zoo
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +42,27 @@ def zoo_model(zoo_path: Callable[[str, str], Path]) -> Callable[[str, str], onnx
         if key not in cache:
             cache[key] = (model_zoo.name_nodes(builders[name]()) if name in builders
                           else model_zoo.load_for_tests(zoo_path(name, exporter)))
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def torchvision_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """`torchvision_path(name, exporter, randomise=True)`: a torchvision classifier exported once per
+    session (tests/torchvision_zoo.py); skips the test when torchvision is not installed."""
+    if not torchvision_zoo.available():
+        pytest.skip("torchvision is not installed (it comes with the project's `test` extra)")
+    folder = tmp_path_factory.mktemp("torchvision")
+    cache: dict[tuple[str, str, bool], Path] = {}
+
+    def get(name: str, exporter: str, randomise: bool = True) -> Path:
+        key = (name, exporter, randomise)
+        if key not in cache:
+            size = torchvision_zoo.CLASSIFIERS[name].size
+            path = folder / f"{name}_{exporter}{'' if randomise else '_default_init'}.onnx"
+            cache[key] = model_zoo.export_torch(torchvision_zoo.build(name, randomise=randomise), path, exporter,
+                                                input_shape=(3, size, size))
         return cache[key]
 
     return get

@@ -318,7 +318,11 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def load_for_tests(path: Path | str) -> onnx.ModelProto:
     """Emulate fp_onnx.loading.load_model: external data loaded, checked, shapes inferred, nodes named."""
-    model = onnx.load(str(path))
+    return load_for_tests_proto(onnx.load(str(path)))
+
+
+def load_for_tests_proto(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`load_for_tests` for an in-memory model."""
     onnx.checker.check_model(model)
     return name_nodes(onnx.shape_inference.infer_shapes(model))
 

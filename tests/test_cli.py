@@ -43,10 +43,12 @@ def test_layers_table_and_json(vendor):
     _, model = vendor
     table = invoke("layers", model)
     assert table.exit_code == 0, table.output
-    assert "node_conv2d_4" in table.output and "* default" in table.output
     as_json = invoke("layers", model, "--json")
     layers = json.loads(as_json.output)["layers"]
     assert sum(layer["is_default"] for layer in layers) == 1 and len(layers) == 5
+    default = next(layer for layer in layers if layer["is_default"])
+    assert default["chain"][0] == "node_conv2d_4" and default["removable"]
+    assert "* default" in table.output and default["tensor"] in table.output and default["label"] in table.output
 
 
 def test_profile_writes_json_and_plot(vendor, tmp_path):
@@ -55,7 +57,7 @@ def test_profile_writes_json_and_plot(vendor, tmp_path):
                     "--untargeted", "--out", tmp_path, "--device", "cpu", "--batch-size", "5")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "profile.json").read_text())
-    assert report["prune_point"]["conv"] == "node_conv2d_4"
+    assert report["prune_point"]["chain"][0] == "node_conv2d_4"
     assert len(report["clean"]["mean_activation"]) == 16 and report["clean"]["samples"] == 24
     assert report["triggered"]["samples"] == 12 and 0 <= report["attack_success_rate"] <= 1
     assert report["model"]["sha256"] and (tmp_path / "activations.png").stat().st_size > 1000

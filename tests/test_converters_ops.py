@@ -140,6 +140,13 @@ CASES = {
     "pad_constant_value_axes_18": lambda: single("Pad", X4, 18, {"p": i64(1, 2, 3, 0), "v": f32(1.5),
                                                                  "ax": i64(1, 3)}, ["p", "v", "ax"]),
     "reshape_zero_and_minus_one": lambda: single("Reshape", X4, 13, {"shape": i64(0, -1, 5)}, ["shape"]),
+    "gathernd_pairs_negative": lambda: single("GatherND", X4, 13, {"i": np.array([[[0, 2], [1, -1]], [[-2, 0], [1, 1]]],
+                                                                               np.int64)}, ["i"]),
+    "gathernd_batch_dims": lambda: single("GatherND", X4, 13, {"i": np.array([[[0, 8], [2, 0], [1, -3]],
+                                                                          [[2, 4], [0, 0], [-1, 1]]], np.int64)},
+                                          ["i"], batch_dims=1),
+    "gathernd_full_index_opset11": lambda: single("GatherND", [3, 4], 11, {"i": np.array([[2, 3], [0, -4]], np.int64)},
+                                                  ["i"]),
     "gather_negative_indices": lambda: single("Gather", X4, 13, {"i": np.array([[0, -1], [1, 1]], np.int64)}, ["i"],
                                               axis=1),
     # ---------------------------------------------------------------- tf2onnx NHWC, Caffe Pad -> MaxPool

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fp_onnx.errors import BadModelError, UnsafeFileError
 from fp_onnx.loading import load_model
+from fuzzing.model_mutators import point_to_external
 from model_zoo import build_caffe_style_model, export_torch, AlexNet
 
 
@@ -22,16 +23,11 @@ def _tiny_model(weight_name: str = "w") -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
         [weight],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def _with_external_location(model: onnx.ModelProto, location: str, length: int = 432) -> onnx.ModelProto:
-    tensor = model.graph.initializer[0]
-    tensor.ClearField("raw_data")
-    tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
+    point_to_external(model.graph.initializer[0], location, length=str(length))
     return model
 
 

@@ -23,9 +23,10 @@ SWEEP_CASES = [
     ("deepid", "legacy", "conv3", "affine-prefix"),
     ("deepid", "dynamo", "conv3", "affine-prefix"),
     ("deepid", "dynamo", "default", "affine-prefix"),
-    ("resnet18", "legacy", "default", "masked-tail"),
+    ("resnet18", "legacy", "default", "running-sum"),
+    ("resnet18", "legacy", "block", "affine-prefix"),
     ("mobilenetv2", "legacy", "default", "running-sum"),
-    ("squeezenet", "legacy", "default", "masked-tail"),
+    ("squeezenet", "legacy", "default", "affine-prefix"),
     ("keras_nhwc", "helper", "default", "running-sum"),
     ("caffe", "helper", "default", "affine-prefix"),
 ]
@@ -34,6 +35,8 @@ SWEEP_CASES = [
 def _point(model, which):
     if which == "default":
         return resolve_prune_point(model, None)
+    if which == "block":  # an inner residual block: the tail holds later residual Adds
+        return resolve_prune_point(model, "layers.1")
     return next(p for p in find_prune_points(model) if p.channels == 16 and p.spatial == (5, 4))
 
 
@@ -115,3 +118,53 @@ def test_pruning_needs_labels(zoo_model):
     point = resolve_prune_point(model, None)
     with pytest.raises(BadDataError, match="needs labels"):
         measure_curve(model, point, np.arange(point.channels), ArrayDataset(_inputs(model, 4)), options=CPU)
+
+
+def _identity_fed_graph():
+    """Conv -> Relu (the point) -> GAP -> Mul by a shared scale -> Flatten -> Gemm, with the scale and the
+    Gemm weight fed through Identity nodes the way the TorchScript exporter shares deduplicated
+    initializers (a second reader, a bias Add, shares the scale)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    inits = {"w": rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "scale": rng.random((1, 6, 1, 1), np.float32) + 0.5,
+             "fc_w": rng.standard_normal((4, 6)).astype(np.float32), "fc_b": rng.standard_normal(4).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], "conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], "relu"),
+             helper.make_node("Identity", ["scale"], ["scale_shared"], "dedup_scale"),
+             helper.make_node("Identity", ["scale_shared"], ["scale_twice"], "dedup_scale_2"),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"], "pool"),
+             helper.make_node("Mul", ["p", "scale_twice"], ["m"], "scale_mul"),
+             helper.make_node("Add", ["m", "scale_shared"], ["a"], "shift"),
+             helper.make_node("Flatten", ["a"], ["f"], "flatten"),
+             helper.make_node("Identity", ["fc_w"], ["fc_w_shared"], "dedup_fc"),
+             helper.make_node("Gemm", ["f", "fc_w_shared", "fc_b"], ["logits"], "fc", transB=1)]
+    graph = helper.make_graph(nodes, "identity_fed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return model_zoo.load_for_tests_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                                            ir_version=8))
+
+
+def test_sweep_treats_identity_fed_initializers_as_constants():
+    """The tail reads constants through Identity chains: they are constants of the tail, not tensors
+    crossing the cut (the sweep used to feed `features.norm5.weight` as data), and the prefix stays affine."""
+    from fp_onnx.surgery import prune_channels
+    from fp_onnx.sweep import cut_at
+
+    model = _identity_fed_graph()
+    point = resolve_prune_point(model, "relu")
+    assert cut_at(model, point).crossing == ("r",)
+    x = np.random.default_rng(2).standard_normal((12, 3, 8, 8)).astype(np.float32)
+    order = np.random.default_rng(3).permutation(point.channels)
+    sweep = PruneSweep(model, point, CPU)
+    fast = sweep.predictions(ArrayDataset(x), order, range(point.channels), batch_size=5)
+    assert sweep.method == "running-sum"
+    for k in range(point.channels):
+        reference = mask_channels(model, point, order[:k]) if k else model
+        np.testing.assert_array_equal(fast[k], predictions(ModelRunner(reference, options=CPU).run(x)["logits"]))
+    result = prune_channels(model, point, order[:3])  # the shared scale gets a private copy for the Mul
+    assert result.physically_removed
+    np.testing.assert_allclose(ModelRunner(result.model, options=CPU).run(x)["logits"],
+                               ModelRunner(mask_channels(model, point, order[:3]), options=CPU).run(x)["logits"],
+                               rtol=1e-5, atol=1e-5)

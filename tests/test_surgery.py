@@ -13,20 +13,28 @@ from fp_onnx.prune_point import find_prune_points, resolve_prune_point
 from fp_onnx.surgery import mask_channels, prune_channels
 from model_zoo import random_input, zoo_cases
 
-# An inner prune point per model (index among its convs), chosen to exercise a distinct pattern.
+# An inner prune point per model (index in find_prune_points), chosen to exercise a distinct pattern.
 INNER = {
     "alexnet": 2,  # conv3 -> conv4
     "deepid": 2,  # conv3 (the paper's point): pooled output read by Flatten->Gemm AND conv4
     "resnet18": 1,  # first block's conv1 -> ReLU -> conv2
-    "mobilenetv2": 3,  # expand conv -> Clip -> depthwise conv (loses groups, BN-folded bias) -> project conv
-    "densenet": 2,  # dense-layer conv -> Concat -> BN -> ReLU -> conv and the next Concat
+    "mobilenetv2": 4,  # expand conv -> Clip -> depthwise conv (loses groups, BN-folded bias) -> project conv
+    "densenet": 3,  # dense-layer conv -> Concat -> BN -> ReLU -> conv and the next Concat
     "squeezenet": 1,  # Fire squeeze conv -> both expand convs
     "convbn": 0,  # Conv -> BN -> ReLU -> MaxPool (unfused BN sliced)
     "keras_nhwc": 0,  # NCHW conv inside the NHWC graph
     "caffe": 0,  # Relu -> Pad -> MaxPool chain
 }
+# Block outputs whose upstream is a join: (model, exporter, point index, what it exercises).
+BLOCKS = [
+    ("resnet18", "legacy", 6, "residual Add -> ReLU read by a downsampling block: conv branch + identity selection"),
+    ("resnet18", "dynamo", 6, "the same, dynamo export"),
+    ("mobilenetv2", "legacy", 10, "inverted-residual Add (no activation) read by the next expand conv"),
+    ("densenet", "legacy", 4, "dense Concat whose first input other layers also read"),
+    ("squeezenet", "legacy", 4, "Fire Concat of two expand convs, both lose output channels"),
+]
 # Prune points that must keep their channels (forced to zero instead of removed).
-MASKED = {("resnet18", "default")}  # the last block's conv2 feeds the residual Add
+MASKED: set[tuple[str, str]] = set()
 FRACTIONS = (0.1, 0.5, 0.9)
 
 
@@ -87,15 +95,37 @@ def test_pruned_model_equals_masked_reference(zoo_model, name, exporter, where, 
         assert count_parameters(result.model) <= count_parameters(model)
 
 
+@pytest.mark.parametrize("name,exporter,index,pattern", BLOCKS)
+def test_block_output_is_removed_through_its_join(zoo_model, name, exporter, index, pattern):
+    model = zoo_model(name, exporter)
+    point = find_prune_points(model)[index]
+    channels = pick_channels(point.channels, 0.5, seed=3)
+    result = prune_channels(model, point, channels)
+    assert result.physically_removed, result.mask_reason
+    assert count_parameters(result.model) < count_parameters(model)
+    removed = {a["node"] for a in result.actions if a["action"] == "removed"}
+    assert set(point.sources) <= removed
+    for batch in (1, 3):
+        feeds = random_input(model, batch, seed=batch)
+        np.testing.assert_allclose(run(result.model, feeds), run(mask_channels(model, point, channels), feeds),
+                                   rtol=0, atol=1e-5)
+
+
 def test_depthwise_prune_point_loses_whole_groups(zoo_model):
+    """A depthwise conv's output: the depthwise conv loses those groups and the expand conv that
+    feeds it (read by nothing else) loses the same output channels."""
     model = zoo_model("mobilenetv2", "legacy")
-    point = next(p for p in find_prune_points(model) if p.groups > 1 and p.groups == p.channels)
+    depthwise = {n.name: n for n in model.graph.node if n.op_type == "Conv"
+                 and any(a.name == "group" and a.i > 1 for a in n.attribute)}
+    points = [p for p in find_prune_points(model) if p.chain[0] in depthwise]
+    assert points[0].selections  # features.3 has no expand conv: its input is also the residual's identity
+    point = points[1]
     channels = pick_channels(point.channels, 0.5, seed=1)
     result = prune_channels(model, point, channels)
-    conv = next(n for n in result.model.graph.node if n.name == point.conv)
+    conv = next(n for n in result.model.graph.node if n.name == point.chain[0])
     group = next(a.i for a in conv.attribute if a.name == "group")
     assert group == point.channels - len(channels)
-    assert any(n.op_type == "Gather" for n in result.model.graph.node)
+    assert len(point.sources) == 1 and point.sources[0] not in depthwise
     feeds = random_input(model, 2)
     np.testing.assert_allclose(run(result.model, feeds), run(mask_channels(model, point, channels), feeds),
                                rtol=0, atol=1e-5)
@@ -178,9 +208,10 @@ def test_residual_after_sigmoid_is_masked_with_a_mask_mul():
              onnx.helper.make_node("Add", ["s", "x"], ["y"], "residual")]
     model = _small_graph(nodes, {"w": rng.standard_normal((4, 4, 1, 1), np.float32),
                                  "b": rng.standard_normal(4).astype(np.float32)}, [4, 6, 6])
-    point = resolve_prune_point(model, None)
+    point = resolve_prune_point(model, "sigmoid")
     assert point.tensor == "s"
     result = prune_channels(model, point, [1, 2])
+    assert "residual" in result.mask_reason
     assert not result.physically_removed
     assert [n.op_type for n in result.model.graph.node].count("Mul") == 1  # sigmoid(0) = 0.5: zeros are not enough
     feeds = random_input(model, 2)

@@ -1,4 +1,4 @@
-"""Concat, Split, Slice, Gather: selecting and joining parts of tensors."""
+"""Concat, Split, Slice, Gather, GatherND: selecting and joining parts of tensors."""
 from __future__ import annotations
 
 import math
@@ -75,5 +75,33 @@ def gather(node):
         indices = torch.where(indices < 0, indices + x.shape[dim], indices).to(torch.int64)
         picked = x.index_select(dim, indices.reshape(-1))
         return picked.reshape(tuple(x.shape[:dim]) + tuple(indices.shape) + tuple(x.shape[dim + 1:]))
+
+    return run
+
+
+@converter("GatherND", since=11)
+def gather_nd(node):
+    """out[b..., i...] = data[b..., indices[b..., i..., :]] (ONNX GatherND; `batch_dims` since opset 12).
+
+    The torch dynamo exporter emits it for adaptive pooling whose windows overlap. The k
+    indexed dims are flattened into one, so each lookup is a single advanced index per batch;
+    negative indices count from the end, as onnxruntime reads them.
+    """
+    batch_dims = node.attr("batch_dims", 0)
+
+    def run(data, indices):
+        k = indices.shape[-1]
+        lookups = tuple(indices.shape[:-1])
+        batch_shape, indexed = tuple(data.shape[:batch_dims]), tuple(data.shape[batch_dims : batch_dims + k])
+        rest = tuple(data.shape[batch_dims + k :])
+        batches = math.prod(batch_shape)
+        bounds = torch.tensor(indexed, dtype=torch.int64, device=indices.device)
+        indices = indices.to(torch.int64)
+        indices = torch.where(indices < 0, indices + bounds, indices).reshape(batches, -1, k)
+        strides = [math.prod(indexed[j + 1 :]) for j in range(k)]
+        linear = sum(indices[..., j] * stride for j, stride in enumerate(strides))  # (batches, lookups)
+        table = data.reshape(batches, math.prod(indexed), *rest)
+        picked = table[torch.arange(batches, device=data.device)[:, None], linear]
+        return picked.reshape(*lookups, *rest)
 
     return run

@@ -1,9 +1,11 @@
-"""Removing channels from a Conv's weights, for dense and grouped convolutions.
+"""Planning channel removal in a Conv's weights, for dense, grouped and depthwise convolutions,
+and the channel selection (Gather) that keeps only some channels of a tensor.
 
 ONNX Conv weights are (M, C/group, k...) and bias (M,); group g owns output
 channels [g*M/group, (g+1)*M/group) and input channels [g*C/group, (g+1)*C/group)
 (ONNX operator spec, Conv). A grouped conv can only lose whole groups, so that
-every remaining group keeps the same size.
+every remaining group keeps the same size; a depthwise conv (one input and one
+output channel per group) can lose any channel.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fp_onnx.graph import conv_groups
-from fp_onnx.surgery.context import Blocked, Surgery
+from fp_onnx.surgery.context import Action, Blocked, Surgery
 
 
 def has_bias(conv: gs.Node) -> bool:
@@ -21,24 +23,33 @@ def has_bias(conv: gs.Node) -> bool:
 
 
 def output_width(s: Surgery, conv: gs.Node) -> int:
-    return int(s.param(conv, 1).shape[0])
+    return int(s.param_shape(conv, 1)[0])
 
 
-def remove_output_channels(s: Surgery, conv: gs.Node, channels: Sequence[int]) -> None:
+def is_depthwise(s: Surgery, conv: gs.Node) -> bool:
+    """One input and one output channel per group: channel c of the output reads only channel c."""
+    shape = s.param_shape(conv, 1)
+    return conv_groups(conv) > 1 and shape[1] == 1 and shape[0] == conv_groups(conv)
+
+
+def plan_remove_outputs(s: Surgery, conv: gs.Node, channels: Sequence[int]) -> None:
     """Delete weight rows and bias entries of `channels` from a group-1 conv."""
     width = output_width(s, conv)
     s.delete_channels(conv, 1, 0, channels, width)
     if has_bias(conv):
         s.delete_channels(conv, 2, 0, channels, width)
-    s.log(conv, "removed", f"output channels {list(channels)} (weight rows{' and bias' if has_bias(conv) else ''})")
+    s.record(conv, Action.REMOVED, f"{len(channels)} output channels (weight rows"
+                                   f"{' and bias' if has_bias(conv) else ''})")
 
 
-def zero_output_channels(s: Surgery, conv: gs.Node, channels: Sequence[int]) -> None:
-    """Set weight rows and bias entries of `channels` to 0, so those outputs are exactly 0."""
-    s.zero_channels(conv, 1, 0, channels)
+def plan_depthwise(s: Surgery, conv: gs.Node, channels: Sequence[int]) -> None:
+    """A depthwise conv loses the groups of `channels`: weight rows, bias entries and the group count."""
+    width = output_width(s, conv)
+    s.delete_channels(conv, 1, 0, channels, width)
     if has_bias(conv):
-        s.zero_channels(conv, 2, 0, channels)
-    s.log(conv, "masked", f"output channels {list(channels)} zeroed (weight rows and bias)")
+        s.delete_channels(conv, 2, 0, channels, width)
+    s.set_attr(conv, "group", width - len(channels))
+    s.record(conv, Action.SLICED, f"depthwise: {len(channels)} of {width} groups removed")
 
 
 def whole_groups(channels: Sequence[int], group_size: int, what: str, conv: gs.Node) -> list[int]:
@@ -49,7 +60,7 @@ def whole_groups(channels: Sequence[int], group_size: int, what: str, conv: gs.N
     return groups
 
 
-def remove_groups(s: Surgery, conv: gs.Node, groups: Sequence[int]) -> tuple[list[int], int]:
+def plan_remove_groups(s: Surgery, conv: gs.Node, groups: Sequence[int]) -> tuple[list[int], int]:
     """Delete whole `groups` of a grouped conv; returns (removed output channels, original output width)."""
     width, count = output_width(s, conv), conv_groups(conv)
     per_group = width // count
@@ -57,21 +68,39 @@ def remove_groups(s: Surgery, conv: gs.Node, groups: Sequence[int]) -> tuple[lis
     s.delete_channels(conv, 1, 0, removed, width)
     if has_bias(conv):
         s.delete_channels(conv, 2, 0, removed, width)
-    conv.attrs["group"] = count - len(groups)
-    s.log(conv, "removed", f"groups {list(groups)} of {count} (output channels {removed})")
+    s.set_attr(conv, "group", count - len(groups))
+    s.record(conv, Action.REMOVED, f"groups {list(groups)} of {count} ({len(removed)} output channels)")
     return removed, width
 
 
-def gather_kept_inputs(s: Surgery, conv: gs.Node, groups: Sequence[int], count: int) -> None:
-    """Feed a grouped conv that lost `groups` (of `count`) only the input channels its remaining groups
-    read, through a Gather on axis 1 (its producer keeps all its channels)."""
-    per_group = int(s.param(conv, 1).shape[1])
-    kept = [g * per_group + k for g in range(count) if g not in set(groups) for k in range(per_group)]
-    source = conv.inputs[0]
-    indices = gs.Constant(s.unique_name(f"{conv.name}__kept_inputs"), np.asarray(kept, np.int64))
-    gathered = gs.Variable(s.unique_name(f"{source.name}__kept"), dtype=source.dtype)
-    gather = gs.Node("Gather", s.unique_name(f"{conv.name}__gather_inputs"), attrs={"axis": 1},
-                     inputs=[source, indices], outputs=[gathered])
-    s.graph.nodes.append(gather)
-    conv.inputs[0] = gathered
-    s.log(gather, "inserted", f"keeps the {len(kept)} input channels of the remaining groups of '{conv.name}'")
+def plan_gather_kept_inputs(s: Surgery, conv: gs.Node, groups: Sequence[int], count: int) -> None:
+    """Feed a grouped conv that loses `groups` (of `count`) only the input channels its remaining
+    groups read (its producer keeps all its channels)."""
+    per_group = int(s.param_shape(conv, 1)[1])
+    lost = set(groups)
+    kept = [g * per_group + k for g in range(count) if g not in lost for k in range(per_group)]
+    plan_selection(s, conv.inputs[0], [(conv, 0)], 1, kept, f"input channels of the remaining groups of '{conv.name}'")
+
+
+def plan_selection(s: Surgery, tensor: gs.Tensor, readers: Sequence[tuple[gs.Node, int]], axis: int,
+                   kept: Sequence[int], why: str) -> None:
+    """Plan a Gather of the `kept` channels (along `axis`) of `tensor`, read by `readers` ((node, input
+    slot) pairs) instead of `tensor`; other readers of `tensor` keep every channel."""
+    name = s.unique_name(f"{tensor.name}__kept")
+    node_name = s.unique_name(f"{tensor.name}__select")
+    indices_name = s.unique_name(f"{tensor.name}__kept_indices")
+    indices = np.asarray(list(kept), np.int64)
+
+    def insert() -> None:
+        selected = gs.Variable(name, dtype=tensor.dtype)
+        gather = gs.Node("Gather", node_name, attrs={"axis": axis},
+                         inputs=[tensor, gs.Constant(indices_name, indices)], outputs=[selected])
+        s.graph.nodes.append(gather)
+        for reader, slot in readers:
+            if slot >= len(reader.inputs) or reader.inputs[slot] is not tensor:  # an earlier edit dropped inputs
+                slot = next(i for i, t in enumerate(reader.inputs) if t is tensor)
+            reader.inputs[slot] = selected
+
+    s.edit(insert)
+    s.record_named(node_name, "Gather", Action.INSERTED,
+                   f"keeps {len(kept)} channels of '{tensor.name}' on axis {axis}: {why}")
