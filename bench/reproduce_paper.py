@@ -124,7 +124,7 @@ def meets_goal(run: dict) -> bool:
 
 def write_results(runs: list[dict], methods: list[str], args) -> None:
     by = {(r["model"], r["method"]): r for r in runs}
-    models = sorted({r["model"] for r in runs})
+    models = sorted({r["model"] for r in runs if r["method"] in methods})
     lines = ["# Defense results: zoo models x methods", "",
              "Produced by `python bench/reproduce_paper.py` (cached per model and method in "
              "`bench/results/defense_zoo/`). Each cell is **clean accuracy / attack success** of the shipped model "

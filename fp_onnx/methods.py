@@ -41,8 +41,8 @@ METHODS: dict[str, Method] = {
     "paper": Method("paper", "activation", ("paper",), 0.04,
                     "the paper's fine-pruning: prune the last conv layer by mean activation within 4 points, "
                     "fine-tune at lr 0.001 with early stopping"),
-    "recommended": Method("recommended", "activation", ("adversarial", "cosine", "paper"), 0.04,
-                          "prune the last conv layer by mean activation within 4 points, then unlearn universal "
+    "recommended": Method("recommended", "activation", ("adversarial", "cosine", "paper"), 0.01,
+                          "prune the channels of the last conv layer that cost (almost) no clean accuracy, then unlearn universal "
                           "perturbations with distillation from the vendor model; where that costs clean accuracy, "
                           "fine-tune with a cosine schedule instead, and failing that the paper's way"),
 }

@@ -34,7 +34,9 @@ def test_every_recipe_trains_a_finite_model_with_its_defaults(data, recipe):
     tuned = fine_tune(model, train, val, FineTuneConfig(device="cpu", recipe=recipe, epochs=3))
     assert tuned.config["recipe"] == recipe and tuned.config["lr"] == RECIPES[recipe].defaults["lr"]
     assert tuned.failure is None and tuned.history[-1]["train_loss"] is not None  # (a back-off is allowed)
-    if recipe != "fst":  # a new head needs more than three epochs when it is the only linear layer, as here
+    # A new head (fst) needs more than three epochs when it is the only linear layer, as here; unlearning
+    # (adversarial) dips first and recovers over its full schedule (see test_defense for its whole run).
+    if recipe not in ("fst", "adversarial"):
         assert tuned.best_val_accuracy > 0.5
 
 
