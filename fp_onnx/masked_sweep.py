@@ -15,8 +15,9 @@ within one grid cell does not dip below the threshold and come back.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -24,9 +25,11 @@ import onnx
 from fp_onnx.data import Dataset
 from fp_onnx.evaluate import predict
 from fp_onnx.inference import ModelRunner
-from fp_onnx.prune_point import PrunePoint
 from fp_onnx.runtime import RuntimeOptions
 from fp_onnx.surgery import mask_points
+
+if TYPE_CHECKING:
+    from fp_onnx.ranking import ChannelRanking
 
 GRID_STEPS = 24
 REFINE_STEPS = 6
@@ -34,20 +37,16 @@ REFINE_STEPS = 6
 
 @dataclass
 class MaskedSweep:
-    """Predictions of the model with the first k (point, channel) pairs of an order forced to zero."""
+    """Predictions of the model with the first k channels of a ranking forced to zero."""
 
     model: onnx.ModelProto
-    points: list[PrunePoint]
+    ranking: "ChannelRanking"
     options: RuntimeOptions = RuntimeOptions()
 
-    def predictions(self, dataset: Dataset, order: Sequence[tuple[int, int]], k: int,
-                    batch_size: int = 64) -> np.ndarray:
-        grouped: dict[int, list[int]] = {}
-        for point, channel in order[:k]:
-            grouped.setdefault(point, []).append(channel)
-        masked = mask_points(self.model, {self.points[i]: channels for i, channels in grouped.items()})
-        runner = ModelRunner(masked, options=self.options)
-        return predict(runner, dataset, batch_size)
+    def predictions(self, dataset: Dataset, k: int, batch_size: int = 64) -> np.ndarray:
+        points = self.ranking.points
+        masked = mask_points(self.model, {points[i]: ids for i, ids in self.ranking.channels_by_point(k).items()})
+        return predict(ModelRunner(masked, options=self.options), dataset, batch_size)
 
 
 def steps_to_measure(total: int) -> list[int]:
@@ -55,7 +54,7 @@ def steps_to_measure(total: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, total, min(total, GRID_STEPS) + 1)})
 
 
-def refine_between(good: int, bad: int, within: callable) -> tuple[int, list[int]]:
+def refine_between(good: int, bad: int, within: Callable[[int], bool]) -> tuple[int, list[int]]:
     """Bisect for the last count in [good, bad) still `within` the threshold; returns it and the counts tried."""
     tried = []
     for _ in range(REFINE_STEPS):

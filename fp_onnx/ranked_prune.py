@@ -33,13 +33,13 @@ def measure_ranked_curve(model: onnx.ModelProto, ranking: ChannelRanking, clean:
     at the same counts when triggered data is given (measured only, never used to decide)."""
     if clean.labels is None:
         raise BadDataError(f"{clean.source}: pruning needs labels ('y') to measure clean accuracy")
-    sweep = MaskedSweep(model, ranking.points, options)
+    sweep = MaskedSweep(model, ranking, options)
     total = len(ranking.order)
     measured: dict[int, float] = {}
 
     def clean_accuracy(k: int) -> float:
         if k not in measured:
-            measured[k] = accuracy(sweep.predictions(clean, ranking.order, k, batch_size), clean.labels)
+            measured[k] = accuracy(sweep.predictions(clean, k, batch_size), clean.labels)
         return measured[k]
 
     baseline = clean_accuracy(0)
@@ -56,7 +56,7 @@ def measure_ranked_curve(model: onnx.ModelProto, ranking: ChannelRanking, clean:
     steps = sorted(measured)
     success = None
     if triggered is not None and attack is not None:
-        success = [attack_success_rate(attack, sweep.predictions(triggered, ranking.order, k, batch_size),
+        success = [attack_success_rate(attack, sweep.predictions(triggered, k, batch_size),
                                        triggered.labels, triggered.targets, measured[k]) for k in steps]
     return PruneCurve([list(pair) for pair in ranking.order], steps, [measured[k] for k in steps], success,
                       f"masked ({ranking.criterion}, {len(ranking.points)} points)")

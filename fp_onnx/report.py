@@ -121,9 +121,17 @@ td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}img{max-widt
 def render_html(report: dict, plots: dict[str, Path]) -> str:
     defense, prune = report["defense"], report["defense"]["prune"]
     point = report["prune_point"]
-    summary = (f"Pruned {prune['channels_pruned']} of {prune['channels']} channels of <code>{html.escape(point['label'])}</code> "
-               f"({html.escape(prune['stop_rule_text'])}), then fine-tuned for {defense['finetune']['best_epoch']} epoch(s) "
-               f"(best validation accuracy {_percent(defense['finetune']['best_val_accuracy'])}).")
+    method = defense.get("method") or {}
+    attempts = "; ".join(f"{a['recipe']}: {'below the floor' if a['below_floor'] else 'kept'}"
+                         for a in method.get("recover_attempts", []))
+    summary = (f"Method <code>{html.escape(str(method.get('name', 'paper')))}</code>: ranked by "
+               f"<code>{html.escape(str(prune.get('criterion', 'activation')))}</code>, pruned "
+               f"{prune['channels_pruned']} of {prune['channels']} channels of <code>{html.escape(point['label'])}</code> "
+               f"({html.escape(prune['stop_rule_text'])}), then recovered with "
+               f"<code>{html.escape(str(method.get('recover', 'paper')))}</code> for "
+               f"{defense['finetune']['best_epoch']} epoch(s) (validation accuracy "
+               f"{_percent(defense['finetune']['best_val_accuracy'])})"
+               + (f"; recipes tried: {html.escape(attempts)}" if attempts else "") + ".")
     attack = report["settings"].get("attack")
     attack_text = "no triggered data given" if attack is None else html.escape(str(attack))
     sections = [

@@ -115,7 +115,7 @@ def test_fine_prune_cli_writes_the_report(backdoored, tmp_path):
     result = CliRunner().invoke(cli, [
         "fine-prune", str(backdoored["model"]), "--data", str(backdoored["clean"]), "--test-data",
         str(backdoored["clean_test"]), "--trigger-data", str(backdoored["triggered"]), "--target", str(TARGET),
-        "--epochs", "2", "--device", "cpu", "--out", str(tmp_path)])
+        "--method", "paper", "--epochs", "2", "--device", "cpu", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "Fine-Pruning " in result.output and "(defended)" not in result.output  # neutral row names
     report = json.loads((tmp_path / "report.json").read_text())
@@ -125,6 +125,7 @@ def test_fine_prune_cli_writes_the_report(backdoored, tmp_path):
     assert "backdoor gone" in report["verdict"]["summary"] and report["defended"]["shipped"] is True
     assert not (tmp_path / "defended.onnx.rejected").exists()
     assert report["defense"]["evaluated_on"] == "test"
+    assert report["defense"]["method"]["name"] == "paper" and report["defense"]["prune"]["criterion"] == "activation"
     assert report["defense"]["signature_check"]["matches_vendor"] is True
     assert report["vendor"]["sha256"] != report["defended"]["sha256"]
     assert report["cost"]["defended"]["parameters"] < report["cost"]["vendor"]["parameters"]

@@ -123,7 +123,7 @@ def test_fine_prune_forced_to_diverge_ships_nothing(backdoored, tmp_path):
     (tmp_path / "defended.onnx").write_bytes(b"an earlier run's defended model")
     result = run("fine-prune", backdoored["model"], "--data", backdoored["clean"], "--trigger-data",
                  backdoored["triggered"], "--target", TARGET, "--lr", "1e30", "--max-recoveries", "0",
-                 "--epochs", "2", "--device", "cpu", "--out", tmp_path)
+                 "--method", "paper", "--epochs", "2", "--device", "cpu", "--out", tmp_path)
     assert result.exit_code == 7, result.output
     errors = error_lines(result)
     assert len(errors) == 1 and errors[0].startswith("error: defended.onnx rejected: ")
@@ -142,7 +142,7 @@ def test_fine_prune_forced_to_diverge_ships_nothing(backdoored, tmp_path):
 def test_fine_prune_exits_8_when_the_backdoor_remains(backdoored, tmp_path):
     result = run("fine-prune", backdoored["model"], "--data", backdoored["clean"], "--trigger-data",
                  backdoored["triggered"], "--target", TARGET, "--channels", "0", "--lr", "1e-6", "--epochs", "1",
-                 "--device", "cpu", "--out", tmp_path)
+                 "--method", "paper", "--device", "cpu", "--out", tmp_path)
     assert result.exit_code == 8, result.output
     errors = error_lines(result)
     assert len(errors) == 1 and errors[0].startswith("error: backdoor remains: attack success ")

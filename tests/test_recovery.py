@@ -86,10 +86,21 @@ def test_raw_pixel_model_fine_prunes_with_defaults(raw_pixel, tmp_path):
     verdict, tuned = report["verdict"], report["defense"]["finetune"]
     assert verdict["status"] == "defended" and verdict["measured"]["clean_accuracy_drop"] <= 0.04 + 1e-9
     assert verdict["measured"]["nonfinite_outputs"] == 0 and (tmp_path / "defended.onnx").is_file()
-    # the input conv (weights 255x smaller) was singled out, and the rest trained at the default lr
+    # the input conv (weights 255x smaller) was singled out; the default method's recipes were tried in order
+    # and the one that shipped ended above the floor without a failure
     assert list(tuned["calibration"]["lr_scales"]) == ["0.conv1.weight"]
     assert tuned["calibration"]["lr_scales"]["0.conv1.weight"] < 1e-3
-    assert tuned["failure"] is None and tuned["history"][0]["lr"] == 0.001
+    attempts = report["defense"]["method"]["recover_attempts"]
+    assert [a["recipe"] for a in attempts] == ["adversarial", "cosine", "paper"][:len(attempts)]
+    assert tuned["failure"] is None and tuned["best_epoch"] >= 1 and not attempts[-1]["below_floor"]
+
+
+def test_raw_pixel_model_fine_prunes_with_the_papers_method(raw_pixel, tmp_path):
+    result = run("fine-prune", raw_pixel["model"], "--data", raw_pixel["clean"], "--method", "paper",
+                 "--device", "cpu", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    tuned = json.loads((tmp_path / "report.json").read_text())["defense"]["finetune"]
+    assert tuned["failure"] is None and tuned["history"][0]["lr"] == 0.001  # the rest trained at the paper's lr
     assert tuned["best_epoch"] >= 1 and tuned["history"][0]["train_loss"] < 2.0
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from fp_onnx.data import Dataset
-from fp_onnx.errors import BadOptionError
+from fp_onnx.registry import lookup, register
 from fp_onnx.prune_point import PrunePoint
 from fp_onnx.runtime import RuntimeOptions
 
@@ -109,22 +109,14 @@ Criterion = Callable[[RankingInputs], ChannelRanking]
 CRITERIA: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
-    """Register `criterion(inputs) -> ChannelRanking` under `name`; refuses to replace an existing one."""
-
-    def register(criterion: Criterion) -> Criterion:
-        if name in CRITERIA:
-            raise ValueError(f"a ranking criterion named '{name}' is already registered")
-        CRITERIA[name] = criterion
-        return criterion
-
-    return register
+def register_criterion(name: str, *, replace: bool = False) -> Callable[[Criterion], Criterion]:
+    """Register `criterion(inputs) -> ChannelRanking` under `name`; refuses to replace an existing one
+    unless `replace`."""
+    return lambda criterion: register(CRITERIA, [name], criterion, replace=replace, what="a ranking criterion")
 
 
 def find_criterion(name: str) -> Criterion:
-    if name not in CRITERIA:
-        raise BadOptionError(f"--rank {name}: choose one of {', '.join(sorted(CRITERIA))}")
-    return CRITERIA[name]
+    return lookup(CRITERIA, name, "--rank")
 
 
 def rank_channels(name: str, inputs: RankingInputs) -> ChannelRanking:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fp_onnx.errors import BadOptionError
+from fp_onnx.registry import lookup, register
 
 if TYPE_CHECKING:
     from fp_onnx.finetune import FineTuneConfig
@@ -89,22 +89,19 @@ RECIPES: dict[str, Recipe] = {}
 
 
 def register_recipe(name: str, *, defaults: dict | None = None, prepare: Prepare | None = None,
-                    summary: str = "") -> Callable[[Build], Build]:
-    """Register `build` as the recipe `name`; refuses to silently replace an existing one."""
+                    summary: str = "", replace: bool = False) -> Callable[[Build], Build]:
+    """Register `build` as the recipe `name`; refuses to silently replace an existing one unless `replace`."""
 
-    def register(build: Build) -> Build:
-        if name in RECIPES:
-            raise ValueError(f"a fine-tuning recipe named '{name}' is already registered")
-        RECIPES[name] = Recipe(name, build, prepare, dict(defaults or {}), summary or (build.__doc__ or "").strip())
+    def add(build: Build) -> Build:
+        recipe = Recipe(name, build, prepare, dict(defaults or {}), summary or (build.__doc__ or "").strip())
+        register(RECIPES, [name], recipe, replace=replace, what="a fine-tuning recipe")
         return build
 
-    return register
+    return add
 
 
 def find_recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise BadOptionError(f"--recover {name}: choose one of {', '.join(sorted(RECIPES))}")
-    return RECIPES[name]
+    return lookup(RECIPES, name, "--recover")
 
 
 def sgd_or_adam(groups: list[dict], config: "FineTuneConfig") -> torch.optim.Optimizer:
