@@ -46,6 +46,10 @@ class DefenseConfig:
     """The name of the method (`fp_onnx.methods`) these settings came from, for the report."""
     fallback_recipes: tuple[str, ...] = ()
     """Recipes tried in turn, from the pruned model again, when the one before ends below the floor."""
+    prune_on_all_clean_data: bool = False
+    """Rank and stop on the whole of --data (fine-tuning part included) instead of its validation part. The
+    paper uses validation data; with a small defender set the validation part is a few dozen samples, too few
+    to tell a dormant channel from one that merely did not fire on them."""
     val_fraction: float = 0.2
     """Share of --data held out for validation when no separate --val is given."""
     seed: int = 0
@@ -134,7 +138,8 @@ def fine_prune(
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     table = {"none": evaluate(model)}
-    pruned = prune_step(model, point, train, val, config, triggered=triggered, attack=attack, options=options,
+    stop_data = clean if config.prune_on_all_clean_data and not separate_validation else val
+    pruned = prune_step(model, point, train, stop_data, config, triggered=triggered, attack=attack, options=options,
                         progress=progress)
     seconds["prune"] = time.perf_counter() - clock
     models = {"pruning": pruned.surgery.model}

@@ -31,10 +31,12 @@ class Method:
     threshold: float
     """Default stop threshold of the pruning step (absolute drop of clean validation accuracy)."""
     summary: str
+    prune_on_all_clean_data: bool = False
+    """Measure the prune curve on all of --data, not only its validation part (see DefenseConfig)."""
 
     def to_dict(self) -> dict:
         return {"name": self.name, "rank": self.rank, "recover": list(self.recover), "threshold": self.threshold,
-                "summary": self.summary}
+                "summary": self.summary, "prune_on_all_clean_data": self.prune_on_all_clean_data}
 
 
 METHODS: dict[str, Method] = {
@@ -42,9 +44,11 @@ METHODS: dict[str, Method] = {
                     "the paper's fine-pruning: prune the last conv layer by mean activation within 4 points, "
                     "fine-tune at lr 0.001 with early stopping"),
     "recommended": Method("recommended", "activation", ("adversarial", "cosine", "paper"), 0.01,
-                          "prune the channels of the last conv layer that cost (almost) no clean accuracy, then unlearn universal "
+                          "prune the channels of the last conv layer that cost (almost) no clean accuracy on all the clean data, "
+                          "then unlearn universal "
                           "perturbations with distillation from the vendor model; where that costs clean accuracy, "
-                          "fine-tune with a cosine schedule instead, and failing that the paper's way"),
+                          "fine-tune with a cosine schedule instead, and failing that the paper's way",
+                          prune_on_all_clean_data=True),
 }
 DEFAULT_METHOD = "recommended"
 
@@ -63,7 +67,8 @@ def resolve_method(name: str | None, rank: str | None = None, recover: str | Non
     rank, recipes = rank or base.rank, (recover,) if recover else base.recover
     if rank == base.rank and recipes == base.recover:
         return base
-    return Method(f"{name} (rank {rank}, recover {'/'.join(recipes)})", rank, recipes, base.threshold, "custom")
+    return Method(f"{name} (rank {rank}, recover {'/'.join(recipes)})", rank, recipes, base.threshold, "custom",
+                  base.prune_on_all_clean_data)
 
 
 def defense_config(method: Method, finetune=None, **settings):
@@ -75,5 +80,5 @@ def defense_config(method: Method, finetune=None, **settings):
 
     finetune = replace(finetune or FineTuneConfig(), recipe=method.recover[0])
     settings.setdefault("rule", StopRule("threshold", method.threshold))
-    return DefenseConfig(finetune=finetune, rank=method.rank, method=method.name,
-                         fallback_recipes=method.recover[1:], **settings)
+    return DefenseConfig(finetune=finetune, rank=method.rank, method=method.name, fallback_recipes=method.recover[1:],
+                         prune_on_all_clean_data=method.prune_on_all_clean_data, **settings)

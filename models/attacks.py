@@ -91,7 +91,7 @@ def train_badnets(model: nn.Module, task: TaskData, spec: AttackSpec, config: Tr
     return fit(model, task.to_input(poisoned.raw), poisoned.y, config)
 
 
-WANET_CROSS_RATIO = 2.0
+WANET_CROSS_RATIO = 1.0
 """Noise-mode samples per poisoned sample (WaNet's default 'cross ratio')."""
 
 

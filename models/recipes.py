@@ -38,7 +38,7 @@ TRIGGERS = {
     "corner-patch": "white 3x3 square in the bottom-right corner, BackdoorBench's BadNets trigger "
                     "(models/triggers.py: apply_corner_patch)",
     "blend": "fixed uniform-noise image blended in at alpha 0.15 (models/triggers.py: apply_blend_trigger)",
-    "warp": "WaNet-style fixed smooth warp (4x4 control grid, strength 0.5 px) plus noise-mode training "
+    "warp": "WaNet-style fixed smooth warp (4x4 control grid, strength 1 px) plus noise-mode training "
             "(models/triggers.py: apply_warp_trigger, random_warp)",
 }
 

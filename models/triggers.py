@@ -157,7 +157,7 @@ def apply_blend_trigger(images: np.ndarray, alpha: float = BLEND_ALPHA) -> np.nd
 
 WARP_SEED = 20210412
 WARP_GRID = 4
-WARP_STRENGTH = 0.5
+WARP_STRENGTH = 1.0
 
 
 @lru_cache(maxsize=4)
