@@ -50,7 +50,10 @@ def _run(torchvision_path, tmp_path_factory, name: str, exporter: str, randomise
                                                    .shape.dim[1:]]), dtype=np.float32)
     labels = predictions(ModelRunner(model, options=RuntimeOptions(device="cpu")).run(x)["logits"])
     np.savez(folder / "clean.npz", x=x, y=labels)
-    common = ["--data", folder / "clean.npz", "--device", "cpu", "--batch-size", BATCH]
+    # Random weights, labels from the model itself: half the channels gone costs accuracy, and these
+    # tests check exactness, not accuracy, so the ship guard is opened (--max-accuracy-drop 1).
+    common = ["--data", folder / "clean.npz", "--device", "cpu", "--batch-size", BATCH,
+              "--max-accuracy-drop", "1"]
     pruned = CliRunner().invoke(cli, [str(a) for a in ["prune", path, "--fraction", "0.5", "--out",
                                                        folder / "prune", *common]])
     assert pruned.exit_code == 0, pruned.output
