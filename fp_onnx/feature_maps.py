@@ -69,7 +69,9 @@ def feature_tensors(graph: gs.Graph) -> list[FeatureTensor]:
         for tensor in node.outputs:
             info = axes.get(tensor.name)
             step = _continuation(graph, tensor, info) if info is not None else None
-            if step is not None:
+            # A step whose result has no known channel axis (an op the axis analysis does not know,
+            # such as a contrib op) ends the chain where the channels are still known.
+            if step is not None and step[1].name in axes:
                 steps[tensor.name] = step
                 continued.update(t.name for n in step[0] for t in n.outputs)  # the gate's output too
     found = []

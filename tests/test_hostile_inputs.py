@@ -129,6 +129,32 @@ def test_7_contrib_op_downstream_still_prunes(vendor):
     assert onnx.load(str(folder / "out" / "pruned.onnx")).graph.node
 
 
+
+def test_contrib_op_in_place_of_a_pool_is_not_an_internal_error(vendor):
+    """Found by `bench/fuzz.py` (seed 0, case 45): a MaxPool swapped for com.microsoft::Gelu left a feature
+    chain ending at a tensor with no known channel axis. The chain now stops before it."""
+    folder, model, path, data = vendor
+    pool = next(n for n in model.graph.node if n.name == "/pool/MaxPool")
+    pool.op_type, pool.domain = "Gelu", "com.microsoft"
+    del pool.attribute[:]
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _save(model, path)
+    assert run("layers", path).exit_code == 0
+    result = run("profile", path, "--data", data, "--out", folder / "out", "--device", "cpu")
+    assert result.exit_code != 70 and "internal error" not in result.output, result.output
+
+
+def test_a_flatten_of_an_absurd_number_of_features_is_masked_not_mapped(tmp_path):
+    """Found by `bench/fuzz.py` (seed 0, case 805): an input dimension of 2**62 made the flatten's feature
+    count overflow int64; `layers` now says the channels cannot be removed there, and why."""
+    import model_zoo
+
+    model = model_zoo.build_keras_nhwc_model()
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 1 << 62
+    result = run("layers", _save(model, tmp_path / "model.onnx"))
+    assert result.exit_code == 0, result.output
+    assert "a classifier head can read" in result.output
+
 # 8-11: data and flags ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kind,pattern", [("scalar", "is a scalar"), ("group", "is a group")])
 def test_8_hdf5_x_that_is_not_an_array(vendor, kind, pattern):

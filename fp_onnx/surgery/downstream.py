@@ -20,6 +20,7 @@ channel-wise registry (fp_onnx/channel_ops.py) or block.
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -31,6 +32,9 @@ from fp_onnx.graph import axes_of, constant_value, conv_groups, input_constant, 
 from fp_onnx.registry import register
 from fp_onnx.surgery.context import Action, Blocked, Surgery
 from fp_onnx.surgery.conv import has_bias, plan_remove_groups, whole_groups
+
+MAX_FLATTENED_FEATURES = 1 << 28
+"""More flattened features than any classifier head reads; above it the index maps would not fit in memory."""
 
 
 @dataclass(frozen=True)
@@ -324,7 +328,10 @@ def _flattened(node: gs.Node, flow: Flow) -> Flow:
     dims = shape[1:] if shape else None
     if not dims or not all(isinstance(d, int) for d in dims):
         raise Blocked(node, f"{node.op} '{node.name}' flattens a tensor of unknown shape")
-    grid = np.arange(int(np.prod(dims))).reshape(dims)
+    if math.prod(dims) > MAX_FLATTENED_FEATURES:  # Python ints: a hostile shape must not overflow the check
+        raise Blocked(node, f"{node.op} '{node.name}' flattens {math.prod(dims)} features, more than the "
+                            f"{MAX_FLATTENED_FEATURES} a classifier head can read")
+    grid = np.arange(math.prod(dims)).reshape(dims)
     removed = np.take(grid, list(flow.removed), axis=flow.axis - 1).reshape(-1)
     value_grid = np.zeros(grid.shape)
     np.moveaxis(value_grid, flow.axis - 1, 0)[list(flow.removed)] = flow.constants().reshape(
