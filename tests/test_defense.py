@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -40,25 +41,32 @@ def defended(backdoored):
     return model, result
 
 
-def test_the_default_method_removes_the_backdoor_and_keeps_clean_accuracy(backdoored):
-    """fp-onnx's default (`recommended`: the paper's pruning, then adversarial unlearning with distillation,
-    falling back to gentler recipes where that costs clean accuracy) with its own settings, on the defender's
-    clean data only. On this small net adversarial unlearning falls below the floor and the cosine recipe
-    ships; either way the model that ships must have lost most of the backdoor and kept its clean accuracy.
-    Attack success measured below 0.10 in one tree and 0.13 in a clean clone (float sums vary), from 1.00; the
-    bound leaves room for that noise and still fails when the recovery does nothing."""
+def test_the_default_method_removes_the_shipped_demos_backdoor():
+    """The README's promise: fp-onnx's default (`recommended`: prune what costs no clean accuracy, unlearn
+    universal perturbations with distillation from the vendor model, gentler recipes where that costs clean
+    accuracy) with its own settings removes the backdoor of the shipped model (an all-to-all noise-burst
+    backdoor built by `models/`, not for this test) and keeps its clean accuracy, measured on the held-out clean
+    and triggered test files. The defender holds 10 % of the vendor's training data, the benchmark's rule
+    (bench/reproduce_paper.py, same seeded sample). Measured 0.980 / 0.043 with one torch thread and
+    0.960 / 0.123 with two (float sums change the unlearning's path), from 0.980 / 0.943; the paper's method
+    leaves 0.75. (With the whole clean file, 1,020 samples, it ends at 0.983 / 0.183: docs/decisions.md.)"""
     from fp_onnx.methods import DEFAULT_METHOD, METHODS, defense_config
-    model = load_model(backdoored["model"]).model
-    result = fine_prune(model, resolve_prune_point(model, None), open_dataset(backdoored["clean"]),
-                        test=open_dataset(backdoored["clean_test"]), triggered=open_dataset(backdoored["triggered"]),
-                        attack=AttackSpec("targeted", TARGET),
+    from fp_onnx.models import shipped_demo
+
+    demo = shipped_demo()
+    model = load_model(demo["model"]).model
+    clean = open_dataset(demo["clean_val"])
+    share = round(0.1 * json.loads(demo["model_card"].read_text())["data"]["train_samples"])
+    defender = clean.subset(np.sort(np.random.default_rng(0).permutation(len(clean))[:share]))
+    result = fine_prune(model, resolve_prune_point(model, None), defender,
+                        test=open_dataset(demo["clean_test"]), triggered=open_dataset(demo["triggered_test"]),
+                        attack=AttackSpec("targeted", None),
                         config=defense_config(METHODS[DEFAULT_METHOD], FineTuneConfig(device="cpu")), options=CPU)
     vendor, defended = result.table["none"], result.table["fine-pruning"]
     attempts = result.method["recover_attempts"]
-    assert attempts[0]["recipe"] == "adversarial" and attempts[-1]["recipe"] == result.method["recover"]
-    assert all(a["below_floor"] for a in attempts[:-1]) and not attempts[-1]["below_floor"]
+    assert attempts[-1]["recipe"] == result.method["recover"] and not attempts[-1]["below_floor"]
     assert defended.attack_success <= 0.2 < 0.9 < vendor.attack_success
-    assert defended.clean_accuracy >= vendor.clean_accuracy - 0.04
+    assert defended.clean_accuracy >= vendor.clean_accuracy - 0.03
 
 
 def test_the_fixture_really_is_backdoored(defended):
