@@ -46,11 +46,11 @@ METHODS: dict[str, Method] = {
     "paper": Method("paper", "activation", ("paper",), 0.04,
                     "the paper's fine-pruning: prune the last conv layer by mean activation within 4 points, "
                     "fine-tune at lr 0.001 with early stopping"),
-    "recommended": Method("recommended", "activation", ("adversarial", "adversarial-small", "cosine", "paper"), 0.01,
+    "recommended": Method("recommended", "activation", ("adversarial", "cosine", "paper"), 0.01,
                           "prune the channels of the last conv layer that cost (almost) no clean accuracy on all the "
                           "clean data, then unlearn universal perturbations with distillation from the vendor model; "
-                          "where that costs clean accuracy, unlearn smaller perturbations, then fine-tune with a "
-                          "cosine schedule, and failing that the paper's way",
+                          "where that costs clean accuracy, fine-tune with a cosine schedule instead, and failing "
+                          "that the paper's way",
                           # prune only what is free (1 point), accept the 2 points for unlearning
                           prune_on_all_clean_data=True, max_accuracy_drop=0.02),
 }

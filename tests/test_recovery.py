@@ -91,7 +91,7 @@ def test_raw_pixel_model_fine_prunes_with_defaults(raw_pixel, tmp_path):
     assert list(tuned["calibration"]["lr_scales"]) == ["0.conv1.weight"]
     assert tuned["calibration"]["lr_scales"]["0.conv1.weight"] < 1e-3
     attempts = report["defense"]["method"]["recover_attempts"]
-    assert [a["recipe"] for a in attempts] == ["adversarial", "adversarial-small", "cosine", "paper"][:len(attempts)]
+    assert [a["recipe"] for a in attempts] == ["adversarial", "cosine", "paper"][:len(attempts)]
     assert tuned["failure"] is None and tuned["best_epoch"] >= 1 and not attempts[-1]["below_floor"]
 
 

@@ -17,13 +17,14 @@ The last term distils the reference model's outputs on clean
 inputs: with a defender set of a few hundred samples, the adversarial term alone
 costs several points of clean accuracy; the start model is accurate on clean
 inputs (its fault is only triggered ones), so anchoring to it keeps clean
-behaviour while the backdoor is unlearned (weight 4: at weight 1 the speech models
-lost 1-3 points more and kept more of the backdoor). The radius is relative to the
-data: `UAP_RADIUS` times the median distance of a batch's inputs from their mean, so
-it means the same for images in [0, 1], 0-255 pixels or spectrograms. Triggers differ
-in size by domain: the speech models' noise bursts need the full radius, while on
-32x32 traffic signs it costs 35 points of clean accuracy and 0.3x removes the patch
-backdoor at a 2-point cost; `adversarial-small` is that variant, tried next.
+behaviour while the backdoor is unlearned (weight 4: at weight 1 the unlearning took
+the dormant-channel speech model and the traffic-sign net below the clean-accuracy
+floor). The radius is relative to the data: `UAP_RADIUS` times the median distance of
+a batch's inputs from their mean, so it means the same for images in [0, 1], 0-255
+pixels or spectrograms. `adversarial-small` uses 0.3x that radius: triggers differ in
+size by domain, and with weight-1 distillation it was what removed the traffic-sign
+patch backdoor where the full radius cost 35 points. With weight 4 the full radius
+did that too, so the default no longer falls back to it (docs/decisions.md).
 """
 from __future__ import annotations
 
