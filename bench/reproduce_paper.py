@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fp_onnx.data import open_dataset
 from fp_onnx.defense import DefenseConfig, fine_prune
@@ -106,7 +107,8 @@ def run_one(folder: Path, method: str, device: str, figures: Path) -> dict:
         plot_outcome_curve(figures / f"prune_curve_{folder.name}_{method}.png", result.prune,
                            f"{folder.name}: {method} ({result.prune.curve.sweep_method})")
     table = {name: row.to_dict() for name, row in result.table.items()}
-    return {"model": folder.name, "method": method, "seconds": seconds, "prune_point": point.tensor,
+    return {"model": folder.name, "method": method, "device": device, "threads": torch.get_num_threads(),
+            "seconds": seconds, "prune_point": point.tensor,
             "defender_samples": len(clean), "vendor": card["metrics"], "table": table,
             "channels_pruned": result.prune.channels_pruned, "channels": result.prune.curve.channels,
             "recover": result.method, "finetune": {k: result.finetune.to_dict()[k]
@@ -128,6 +130,7 @@ def meets_goal(run: dict) -> bool:
 
 def write_results(runs: list[dict], methods: list[str], args) -> None:
     by = {(r["model"], r["method"]): r for r in runs}
+    methods = [m for m in methods if any(r["method"] == m for r in runs)]  # a column for every method that ran
     models = sorted({r["model"] for r in runs if r["method"] in methods})
     lines = ["# Defense results: zoo models x methods", "",
              "Produced by `python bench/reproduce_paper.py` (cached per model and method in "
@@ -168,7 +171,11 @@ def write_results(runs: list[dict], methods: list[str], args) -> None:
     for model in models:
         lines.append(f"| {model} | " + " | ".join(f"{by[model, m]['seconds']:.0f}" if (model, m) in by else "–"
                                                   for m in methods) + " |")
-    lines += ["", f"Machine: {library_versions()['platform']}, device `{args.device}`.", ""]
+    # runs cached before these fields were recorded ran on the cpu with OMP_NUM_THREADS=1
+    devices = sorted({r.get("device", "cpu") for r in runs})
+    threads = sorted({r.get("threads", 1) for r in runs})
+    lines += ["", f"Machine: {library_versions()['platform']}, device {', '.join(devices)}, torch threads per run "
+              f"{', '.join(map(str, threads))} (results vary with it: docs/decisions.md, \"Known weakness\").", ""]
     (ROOT / "docs" / "results.md").write_text("\n".join(lines))
 
 
