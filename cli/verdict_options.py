@@ -10,8 +10,8 @@ from fp_onnx.verdict import DEFAULT_MAX_ATTACK_SUCCESS, VerdictLimits
 max_accuracy_drop_option = click.option(
     "--max-accuracy-drop", type=float, default=None,
     help="Refuse to ship (exit 7) a written model whose clean validation accuracy is more than this "
-         "(absolute) below the vendor's, or whose outputs are not finite. Default: what the --method accepts "
-         "(recommended: 0.02), else the --threshold stop rule's value, else "
+         "(absolute) below the vendor's, or whose outputs are not finite. Default: the larger of what the "
+         "--method accepts (recommended: 0.02) and the --threshold stop rule's value, else "
          f"{DEFAULT_MAX_ACCURACY_DROP:g}; widened to 2 / validation samples where the split cannot resolve it.")
 
 max_attack_success_option = click.option(

@@ -37,8 +37,8 @@ RESOLUTION_SAMPLES = 2
 
 def max_accuracy_drop_for(given: float | None, rule=None, validation_samples: int | None = None,
                           method_limit: float | None = None) -> float:
-    """The guard's limit: `given`, else the limit the defense method accepts (`method_limit`), else the
-    threshold a `StopRule` stopped at, else 0.04.
+    """The guard's limit: `given`, else the larger of the limit the defense method accepts
+    (`method_limit`) and the threshold a `StopRule` stopped at, else that threshold, else 0.04.
 
     A default limit (none given) is widened to `RESOLUTION_SAMPLES / validation_samples`
     when that is larger: on a validation split of 34 samples one sample is 2.9 points, so
@@ -49,10 +49,11 @@ def max_accuracy_drop_for(given: float | None, rule=None, validation_samples: in
         if not 0.0 <= given <= 1.0:
             raise BadOptionError(f"--max-accuracy-drop {given}: must lie in [0, 1]")
         return given
+    threshold = rule.value if rule is not None and rule.kind == "threshold" else None
     if method_limit is not None:
-        limit = method_limit
+        limit = max(method_limit, threshold or 0.0)  # never stricter than what pruning was allowed to cost
     else:
-        limit = rule.value if rule is not None and rule.kind == "threshold" else DEFAULT_MAX_ACCURACY_DROP
+        limit = threshold if threshold is not None else DEFAULT_MAX_ACCURACY_DROP
     if validation_samples:
         limit = max(limit, RESOLUTION_SAMPLES / validation_samples)
     return limit

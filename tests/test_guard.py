@@ -13,9 +13,10 @@ from backdoor_fixture import TARGET
 from fp_onnx.cli.main import cli
 from fp_onnx.data import ArrayDataset, open_dataset
 from fp_onnx.errors import BackdoorRemainsError, ModelRejectedError
-from fp_onnx.guard import CleanCheck, GuardResult, check_clean, guard_written_model
+from fp_onnx.guard import CleanCheck, GuardResult, check_clean, guard_written_model, max_accuracy_drop_for
 from fp_onnx.inference import ModelRunner
 from fp_onnx.loading import load_model
+from fp_onnx.prune import StopRule
 from fp_onnx.runtime import RuntimeOptions
 from fp_onnx.shipping import retire, ship_guarded, ship_model
 from fp_onnx.verdict import VerdictLimits, defense_verdict
@@ -192,3 +193,15 @@ def test_check_clean_counts_non_finite_samples_as_wrong(backdoored):
     data = ArrayDataset(np.zeros((3, 1, 32, 32), np.float32), np.zeros(3, np.int64))
     check = check_clean(model, data, options=CPU)
     assert check == CleanCheck(0.0, 3, 3)
+
+
+def test_the_guards_limit_resolves_flag_method_threshold_and_resolution():
+    """The flag wins as given; else the method's accepted cost, never stricter than the prune threshold; else the
+    threshold; else 0.04; a default is widened to 2 / validation samples where the split cannot resolve it."""
+    one_point = StopRule("threshold", 0.01)
+    assert max_accuracy_drop_for(0.005, one_point, 34, method_limit=0.02) == 0.005
+    assert max_accuracy_drop_for(None, one_point, 1000, method_limit=0.02) == 0.02
+    assert max_accuracy_drop_for(None, StopRule("threshold", 0.05), 1000, method_limit=0.02) == 0.05
+    assert max_accuracy_drop_for(None, one_point, 1000) == 0.01
+    assert max_accuracy_drop_for(None, StopRule("fraction", 0.5), 1000) == 0.04
+    assert max_accuracy_drop_for(None, one_point, 34, method_limit=0.02) == pytest.approx(2 / 34)
