@@ -27,7 +27,7 @@ from fp_onnx.converters.initializers import (
 )
 from fp_onnx.converters.ops.tensor import constant_array
 from fp_onnx.converters.registry import OnnxNode, OpFn, find_converter
-from fp_onnx.errors import BadModelError, FpOnnxError, ResourceLimitError
+from fp_onnx.errors import BadModelError, FpOnnxError, ResourceLimitError, first_line
 from fp_onnx.memory import is_out_of_memory
 
 
@@ -151,8 +151,7 @@ def node_failure(node: OnnxNode, exc: Exception) -> FpOnnxError:
     weight, which onnx's checks let through) is the model's fault; running out of memory is not."""
     if is_out_of_memory(exc):
         return ResourceLimitError(f"{node.describe()}: out of memory in PyTorch; lower --batch-size")
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    return BadModelError(f"{node.describe()} fails in PyTorch: {message}")
+    return BadModelError(f"{node.describe()} fails in PyTorch: {first_line(exc)}")
 
 
 def onnx_to_torch(model: onnx.ModelProto) -> OnnxGraphModule:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fp_onnx.errors import BadDataError, BadOptionError, ResourceLimitError, UnsafeFileError
+from fp_onnx.errors import BadDataError, BadOptionError, ResourceLimitError, UnsafeFileError, first_line
 from fp_onnx.images import IMAGE_SUFFIXES, ImagePreprocess, load_image
 from fp_onnx.signature import TensorSpec
 
@@ -159,7 +159,7 @@ class HDF5Dataset(Dataset):
         try:
             self._file = h5py.File(path, "r")
         except (OSError, ValueError) as exc:
-            raise BadDataError(f"{path}: not a readable HDF5 file ({_first_line(exc)})") from None
+            raise BadDataError(f"{path}: not a readable HDF5 file ({first_line(exc)})") from None
         try:
             if keys.x not in self._file:
                 found = ", ".join(_shown_names(self._file.keys()))
@@ -170,7 +170,7 @@ class HDF5Dataset(Dataset):
             self._y = _optional_array(self._file, keys.y, len(self._x), path, memory_budget)
             self._target = _optional_array(self._file, keys.target, len(self._x), path, memory_budget)
         except (OSError, KeyError, RuntimeError) as exc:  # h5py's errors for corrupt or odd files
-            raise BadDataError(f"{path}: cannot read it as HDF5 data ({_first_line(exc)})") from None
+            raise BadDataError(f"{path}: cannot read it as HDF5 data ({first_line(exc)})") from None
 
     def __len__(self) -> int:
         return self._x.shape[0]
@@ -183,7 +183,7 @@ class HDF5Dataset(Dataset):
         try:
             x = self._x[unique][inverse]  # h5py wants strictly increasing indices
         except (OSError, ValueError, KeyError, RuntimeError) as exc:  # corrupt chunks, missing filters
-            raise BadDataError(f"{self.source}: cannot read samples of '{self._x.name}' ({_first_line(exc)})") from None
+            raise BadDataError(f"{self.source}: cannot read samples of '{self._x.name}' ({first_line(exc)})") from None
         restore = np.empty_like(order)
         restore[order] = np.arange(len(order))
         pick = lambda a: None if a is None else a[indices]  # noqa: E731
@@ -334,7 +334,7 @@ def open_dataset(
         if suffix == ".npz":
             return _open_npz(path, keys, memory_budget)
     except OSError as exc:  # unreadable folders and files
-        raise BadDataError(f"{path}: cannot read it ({exc.strerror or _first_line(exc)})") from None
+        raise BadDataError(f"{path}: cannot read it ({exc.strerror or first_line(exc)})") from None
     raise BadDataError(f"{path}: unknown data format; use .npz/.npy, .h5/.hdf5, or a folder of class sub-folders")
 
 
@@ -356,7 +356,7 @@ def _open_npy(path: Path) -> ArrayDataset:
     except (BadDataError, UnsafeFileError):
         raise
     except _NUMPY_ERRORS as exc:
-        raise BadDataError(f"{path}: not a readable NumPy file ({_first_line(exc)})") from None
+        raise BadDataError(f"{path}: not a readable NumPy file ({first_line(exc)})") from None
     return ArrayDataset(_numeric(x, path, "x"), source=str(path))
 
 
@@ -376,7 +376,7 @@ def _open_npz(path: Path, keys: DataKeys, memory_budget: int | None) -> ArrayDat
     except _NUMPY_ERRORS as exc:
         if "pickle" in str(exc):
             raise UnsafeFileError(f"{path}: holds pickled Python objects; refusing to unpickle untrusted data") from None
-        raise BadDataError(f"{path}: not a readable NumPy file ({_first_line(exc)})") from None
+        raise BadDataError(f"{path}: not a readable NumPy file ({first_line(exc)})") from None
     return ArrayDataset(
         _numeric(arrays[keys.x], path, keys.x),
         _labels(arrays.get(keys.y), path, keys.y),
@@ -419,11 +419,6 @@ def _check_npz_member(archive, name: str, path: Path, memory_budget: int | None)
         header = handle.tell()
     _check_claim(data_bytes, archive.zip.getinfo(member).file_size - header, path, name)
     _check_in_memory(data_bytes, memory_budget, path, name)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 def _shown_names(names, limit: int = 10) -> list[str]:

@@ -7,6 +7,13 @@ file, node or tensor involved and say what to do next.
 from __future__ import annotations
 
 
+def first_line(error: BaseException | str) -> str:
+    """The first non-empty line of a library's error, for our one-line messages (its class name when
+    the error says nothing)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else error.__class__.__name__
+
+
 class FpOnnxError(Exception):
     """Base class: anything the user can fix by changing an input or a flag."""
 

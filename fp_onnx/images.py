@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fp_onnx.errors import BadDataError, BadOptionError
+from fp_onnx.errors import BadDataError, BadOptionError, first_line
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"})
 LAYOUTS = ("NCHW", "NHWC")
@@ -75,4 +75,4 @@ def load_image(path: Path):
                 return image
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
-        raise BadDataError(f"{path}: not a readable image ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+        raise BadDataError(f"{path}: not a readable image ({first_line(exc)})") from None

@@ -27,7 +27,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from fp_onnx.errors import BadModelError, UnsafeFileError
+from fp_onnx.errors import BadModelError, UnsafeFileError, first_line
 from fp_onnx.external_data import read_external_data
 from fp_onnx.runtime import runtime_value_info, unsupported_opsets
 
@@ -139,8 +139,7 @@ def _check_and_infer(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
         # onnx's C++ checks raise ValueError/RuntimeError for some malformed protos (e.g. data type 999)
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise BadModelError(f"{path}: invalid ONNX model: {first_line}") from None
+        raise BadModelError(f"{path}: invalid ONNX model: {first_line(exc)}") from None
 
 
 def _complete_value_info(model: onnx.ModelProto) -> None:

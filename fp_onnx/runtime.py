@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from fp_onnx.errors import BadModelError, BadOptionError, FpOnnxError, ResourceLimitError
+from fp_onnx.errors import BadModelError, BadOptionError, FpOnnxError, ResourceLimitError, first_line
 from fp_onnx.memory import is_out_of_memory
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
@@ -110,10 +110,16 @@ def select_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def create_session(model: onnx.ModelProto, options: RuntimeOptions = RuntimeOptions()) -> ort.InferenceSession:
-    """An InferenceSession for an in-memory model, on the device the options ask for."""
+def _quiet_session_options() -> ort.SessionOptions:
+    """Options for every session we create: onnxruntime's own log lines silenced (see `_QUIET`)."""
     session_options = ort.SessionOptions()
     session_options.log_severity_level = _QUIET
+    return session_options
+
+
+def create_session(model: onnx.ModelProto, options: RuntimeOptions = RuntimeOptions()) -> ort.InferenceSession:
+    """An InferenceSession for an in-memory model, on the device the options ask for."""
+    session_options = _quiet_session_options()
     session_options.graph_optimization_level = OPTIMIZATION_LEVELS[options.optimization]
     session_options.intra_op_num_threads = options.threads
     if not options.allow_spinning:
@@ -148,8 +154,7 @@ def _version_problem(ir_version: int, opsets: tuple[tuple[str, int], ...]) -> st
                                    [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
     probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opsets])
     probe.ir_version = ir_version
-    session_options = ort.SessionOptions()
-    session_options.log_severity_level = _QUIET
+    session_options = _quiet_session_options()
     try:
         ort.InferenceSession(probe.SerializeToString(), session_options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
@@ -168,7 +173,7 @@ def _version_refusal(message: str, ir_version: int, opsets: tuple[tuple[str, int
         return (f"opset {version} of domain '{domain}' is newer than onnxruntime {ort.__version__} supports "
                 f"(up to {limit})")
     shown = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in opsets)
-    return f"onnxruntime {ort.__version__} refuses IR version {ir_version} with opsets {shown}: {_first_line(message)}"
+    return f"onnxruntime {ort.__version__} refuses IR version {ir_version} with opsets {shown}: {first_line(message)}"
 
 
 _ORT_ELEM_TYPES = {
@@ -189,8 +194,7 @@ def runtime_value_info(model: onnx.ModelProto, names: list[str]) -> list[onnx.Va
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     copy.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
-    session_options = ort.SessionOptions()
-    session_options.log_severity_level = _QUIET
+    session_options = _quiet_session_options()
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = ort.InferenceSession(copy.SerializeToString(), session_options, providers=["CPUExecutionProvider"])
@@ -209,14 +213,9 @@ def run_failure(exc: Exception, what: str, kind: type[FpOnnxError] = BadModelErr
     """The error for a failed onnxruntime call: running out of memory is a resource limit, the rest `kind`."""
     if is_out_of_memory(exc):
         return ResourceLimitError(f"{what}: out of memory; lower --batch-size or --max-memory, or free memory")
-    return kind(f"{what}: {_first_line(exc)}")
+    return kind(f"{what}: {first_line(exc)}")
 
 
 def active_device(session: ort.InferenceSession) -> str:
     """'cuda' or 'cpu': what the session really runs on (reports say it)."""
     return "cuda" if session.get_providers()[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
-
-
-def _first_line(exc: BaseException | str) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
