@@ -57,8 +57,9 @@ class DefenseConfig:
     """Also run pruning-only and fine-tuning-only, for the paper's Table 1 row."""
     batch_size: int = 64
     max_accuracy_drop: float | None = None
-    """What the result may lose in clean validation accuracy against the vendor (None: the threshold rule's value,
-    else 0.04). Fine-tuning that makes a usable model drop below it recovers at a lower learning rate."""
+    """What the result may lose in clean validation accuracy against the vendor (None: the method's accepted cost
+    and the threshold rule's value, see `fp_onnx.guard.max_accuracy_drop_for`). Fine-tuning that makes a usable
+    model drop below it recovers at a lower learning rate."""
     method_accuracy_drop: float | None = None
     """The clean-accuracy cost the defense method accepts when `max_accuracy_drop` is not given (the
     `recommended` method prunes within 1 point but accepts 2 for removing a backdoor)."""
