@@ -49,7 +49,7 @@ def test_the_default_method_removes_the_shipped_demos_backdoor():
     and triggered test files. The defender holds 10 % of the vendor's training data, the benchmark's rule
     (bench/reproduce_paper.py, same seeded sample). Measured 0.980 / 0.043 with one torch thread and
     0.960 / 0.123 with two (float sums change the unlearning's path), from 0.980 / 0.943; the paper's method
-    leaves 0.75. (With the whole clean file, 1,020 samples, it ends at 0.983 / 0.183: docs/decisions.md.)"""
+    leaves 0.75. (With the whole clean file, 1,020 samples, it ends at 0.10-0.18: docs/decisions.md.)"""
     from fp_onnx.methods import DEFAULT_METHOD, METHODS, defense_config
     from fp_onnx.models import shipped_demo
 
