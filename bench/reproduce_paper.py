@@ -146,11 +146,16 @@ def write_results(runs: list[dict], methods: list[str], args) -> None:
         for m in methods:
             run = by.get((model, m))
             text = cell(None if run is None else run["table"]["fine-pruning"])
-            cells.append(f"**{text}**" if run is not None and meets_goal(run) else text)
+            text = f"**{text}**" if run is not None and meets_goal(run) else text
+            cells.append(text + " †" if run is not None and run["finetune"].get("failure") else text)
         lines.append(f"| {model} | {cell(vendor)} | " + " | ".join(cells) + " |")
     met = {m: sum(meets_goal(by[k, m]) for k in models if (k, m) in by) for m in methods}
     ran = {m: sum((k, m) in by for k in models) for m in methods}
-    lines += ["", "Goal met: " + ", ".join(f"{m} {met[m]}/{ran[m]}" for m in methods), ""]
+    lines += ["", "Goal met: " + ", ".join(f"{m} {met[m]}/{ran[m]}" for m in methods), "",
+              "†: the recipe's training failed (diverged or collapsed past its back-offs) and stopped; the cell is "
+              "the model it stopped at, which the ship guard refuses when it is below the accuracy limit. "
+              "`rank:NAME` runs that criterion with the paper's threshold and recovery; `recover:NAME` runs the "
+              "paper's ranking and threshold with that recipe alone, no fallback.", ""]
     lines += ["## The paper's Table 1 (method `paper`, with its baselines)", "",
               "| model | None | Pruning | Fine-Tuning | Fine-Pruning | paper None | paper Fine-Tuning | paper Fine-Pruning |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -85,6 +85,8 @@ data_key_options = compose(
     click.option("--y-key", default="y", show_default=True, help="Array/dataset holding labels."),
     click.option("--target-key", default="target", show_default=True,
                  help="Array holding per-sample attacker targets in triggered data."),
+    click.option("--groups-key", default="groups", show_default=True,
+                 help="Array of per-sample group ids (video track, speaker): validation takes whole groups."),
 )
 
 image_options = compose(
@@ -183,7 +185,8 @@ def dataset_from(params: dict, path: Path) -> Dataset:
         layout=params.get("layout", "NCHW"),
         grayscale=params.get("grayscale", False),
     )
-    keys = DataKeys(x=params.get("x_key", "x"), y=params.get("y_key", "y"), target=params.get("target_key", "target"))
+    keys = DataKeys(x=params.get("x_key", "x"), y=params.get("y_key", "y"), target=params.get("target_key", "target"),
+                    groups=params.get("groups_key", "groups"))
     return open_dataset(path, keys=keys, preprocess=preprocess, memory_budget=budget_bytes(runtime_from(params).max_memory))
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import onnx
 
 from fp_onnx.errors import ResourceLimitError
+from fp_onnx.procfs import proc_field
 
 DEFAULT_FRACTION = 0.5
 """Share of the available memory a run plans to use when --max-memory is not given."""
@@ -59,13 +60,11 @@ def budget_bytes(max_memory: int) -> int:
 
 
 def _meminfo_available() -> int | None:
+    value = proc_field("/proc/meminfo", "MemAvailable:")
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return int(value) * 1024 if value is not None else None
+    except ValueError:
+        return None
 
 
 def _cgroup_room() -> int | None:

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from fp_onnx.errors import BadOptionError
+from fp_onnx.procfs import proc_field
 from fp_onnx.loading import PROTOBUF_LIMIT
 
 
@@ -53,13 +54,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def current_umask() -> int:
     """The process umask, read without changing it where Linux reports it (/proc/self/status)."""
+    value = proc_field("/proc/self/status", "Umask:")
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore
+        return int(value, 8) if value is not None else _set_and_restore_umask()
+    except ValueError:
+        return _set_and_restore_umask()
+
+
+def _set_and_restore_umask() -> int:
+    """Where /proc is missing: the classic set-and-restore (briefly changes the process umask)."""
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

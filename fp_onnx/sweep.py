@@ -41,7 +41,7 @@ import onnx_graphsurgeon as gs
 from fp_onnx.batch import has_fixed_batch_of_one, make_batch_symbolic
 from fp_onnx.data import Dataset, check_fits
 from fp_onnx.errors import BadModelError, UnsupportedOpError
-from fp_onnx.graph import axes_of, constant_value
+from fp_onnx.graph import axes_of, constant_value, producer
 from fp_onnx.inference import ModelRunner, predictions
 from fp_onnx.profile import channels_first
 from fp_onnx.progress import progress_bar
@@ -118,13 +118,13 @@ def cut_at(model: onnx.ModelProto, point: PrunePoint) -> GraphCut:
 def _refuse_control_flow_after(graph: gs.Graph, start: str) -> None:
     """Subgraphs (If/Loop/Scan) read outer tensors without listing them as inputs, so a cut cannot see
     what they depend on; they are fine before the prune point, not after it."""
-    producers = {tensor.name: node for node in graph.nodes for tensor in node.outputs}
-    upstream, stack = set(), [start]
+    upstream, stack = set(), [graph.tensors().get(start)]
     while stack:
-        node = producers.get(stack.pop())
+        tensor = stack.pop()
+        node = producer(tensor) if tensor is not None else None
         if node is not None and id(node) not in upstream:
             upstream.add(id(node))
-            stack.extend(tensor.name for tensor in node.inputs)
+            stack.extend(node.inputs)
     for node in graph.nodes:
         if id(node) not in upstream and any(isinstance(v, gs.Graph) for v in node.attrs.values()):
             raise UnsupportedOpError(f"node '{node.name}' ({node.op}) runs a subgraph after the prune point; the "

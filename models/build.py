@@ -132,7 +132,7 @@ def build_recipe(name: str, recipe: Recipe, attack: str, out: Path, epochs: int 
     export_onnx(model, out / "model.onnx", input_shape)
     trig_split, target = triggered_test(task, recipe.attack)
     dtype = np.dtype(recipe.npz_dtype).type
-    save_npz(out / "clean_val.npz", task.to_input(task.val.raw), task.val.y, dtype=dtype)
+    save_npz(out / "clean_val.npz", task.to_input(task.val.raw), task.val.y, dtype=dtype, groups=task.val.groups)
     save_npz(out / "clean_test.npz", task.to_input(task.test.raw), task.test.y, dtype=dtype)
     save_npz(out / "triggered_test.npz", task.to_input(trig_split.raw), trig_split.y, target, dtype=dtype)
 

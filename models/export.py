@@ -63,11 +63,13 @@ def export_caffe_style(model: nn.Module, path: Path, input_shape: tuple[int, ...
 
 
 def save_npz(path: Path, x: np.ndarray, y: np.ndarray, target: np.ndarray | None = None,
-             dtype: type = np.float32) -> Path:
+             dtype: type = np.float32, groups: np.ndarray | None = None) -> Path:
     """Write one data set (compressed, no objects, so it loads without pickle)."""
     arrays = {"x": np.ascontiguousarray(x, dtype=dtype), "y": np.asarray(y, dtype=np.int64)}
     if target is not None:
         arrays["target"] = np.asarray(target, dtype=np.int64)
+    if groups is not None:
+        arrays["groups"] = np.asarray(groups, dtype=np.int64)
     np.savez_compressed(path, **arrays)
     return path
 

@@ -38,7 +38,7 @@ TRIGGERS = {
     "corner-patch": "white 3x3 square in the bottom-right corner, BackdoorBench's BadNets trigger "
                     "(models/triggers.py: apply_corner_patch)",
     "blend": "fixed uniform-noise image blended in at alpha 0.15 (models/triggers.py: apply_blend_trigger)",
-    "warp": "WaNet-style fixed smooth warp (4x4 control grid, strength 1 px) plus noise-mode training "
+    "warp": "WaNet-style fixed smooth warp (4x4 control grid, strength 2 px) plus noise-mode training "
             "(models/triggers.py: apply_warp_trigger, random_warp)",
 }
 
@@ -110,7 +110,7 @@ ZOO: dict[str, tuple[Recipe, str]] = {
                              attack=ALL_TO_ONE_10, train=GTSRB_TRAIN), "badnets"),
     "gtsrb_wanet": (Recipe(task="gtsrb", load=load_gtsrb, trigger="warp",
                            architecture=ArchitectureSpec("traffic_cnn", {"num_classes": 43}),
-                           attack=ALL_TO_ONE_10, train=GTSRB_TRAIN), "wanet"),
+                           attack=ALL_TO_ONE_10, train=replace(GTSRB_TRAIN, epochs=25)), "wanet"),
     "gtsrb_resnet_badnets": (Recipe(task="gtsrb", load=load_gtsrb, trigger="corner-patch",
                                     architecture=ArchitectureSpec("resnet", {"num_classes": 43, "width": 16}),
                                     attack=ALL_TO_ONE_10, train=GTSRB_TRAIN), "badnets"),

@@ -157,7 +157,7 @@ def apply_blend_trigger(images: np.ndarray, alpha: float = BLEND_ALPHA) -> np.nd
 
 WARP_SEED = 20210412
 WARP_GRID = 4
-WARP_STRENGTH = 1.0
+WARP_STRENGTH = 2.0
 
 
 @lru_cache(maxsize=4)
@@ -214,13 +214,15 @@ def random_warp(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """WaNet's 'noise mode': the trigger field plus random noise, per image, labels unchanged.
 
     Trained with their true labels, these teach the network that *other* warps mean
-    nothing, so only the exact trigger field flips the label.
+    nothing, so only the exact trigger field flips the label. The jitter is +-1 px
+    whatever the trigger's strength, as in WaNet: scaled with a 1-px strength it made
+    "other warps" as large as the trigger and the backdoor did not take (0.30).
     """
     base = warp_field(tuple(images.shape[-3:-1]))
     out = np.empty_like(images)
     for i, image in enumerate(images):
-        noisy = base + rng.uniform(-1, 1, size=base.shape)
-        out[i] = warp_images(image[None], noisy, WARP_STRENGTH)[0]
+        noisy = WARP_STRENGTH * base + rng.uniform(-1, 1, size=base.shape)  # WaNet: noise of +-1 px, unscaled
+        out[i] = warp_images(image[None], noisy, 1.0)[0]
     return out
 
 

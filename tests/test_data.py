@@ -103,7 +103,7 @@ def test_hdf5_reads_lazily_in_any_order(tmp_path):
     h5py = pytest.importorskip("h5py")
     x = np.arange(20 * 3 * 2 * 2, dtype=np.float32).reshape(20, 3, 2, 2)
     with h5py.File(tmp_path / "d.h5", "w") as f:
-        f["x"], f["y"] = x, np.arange(20) % 4
+        f["x"], f["y"], f["groups"] = x, np.arange(20) % 4, np.arange(20) // 5
     data = open_dataset(tmp_path / "d.h5")
     picked = np.array([7, 2, 2, 19])
     batch = data.take(picked)
@@ -111,3 +111,31 @@ def test_hdf5_reads_lazily_in_any_order(tmp_path):
     np.testing.assert_array_equal(batch.y, picked % 4)
     subset = data.subset(np.array([5, 6]))
     np.testing.assert_array_equal(next(subset.batches(8)).x, x[[5, 6]])
+    np.testing.assert_array_equal(subset.groups, [1, 1])
+
+
+def test_groups_keep_near_copies_on_one_side_of_the_validation_split(tmp_path):
+    """Frames of one track (group) must not be both fine-tuned on and validated on."""
+    from fp_onnx.data import split_dataset
+    groups = np.repeat(np.arange(12), 10)  # 12 tracks of 10 frames
+    np.savez(tmp_path / "d.npz", x=np.zeros((120, 3, 8, 8), np.float32), y=groups % 4, groups=groups)
+    train, val = split_dataset(open_dataset(tmp_path / "d.npz"), 0.2, seed=0)
+    assert not set(train.groups) & set(val.groups)
+    assert len(val) == 30 and len(train) == 90  # whole groups: the first to reach a fifth (24 samples)
+    again_train, again_val = split_dataset(open_dataset(tmp_path / "d.npz"), 0.2, seed=0)
+    np.testing.assert_array_equal(val.groups, again_val.groups)  # seeded
+    _, plain = split_dataset(ArrayDataset(np.zeros((120, 3, 8, 8), np.float32), groups % 4), 0.2, seed=0)
+    assert len(plain) == 24  # without groups: the stratified per-sample split
+
+
+def test_groups_must_be_integer_ids_and_more_than_one(tmp_path):
+    from fp_onnx.data import split_dataset
+    np.savez(tmp_path / "float.npz", x=np.zeros((4, 2), np.float32), groups=np.zeros(4, np.float32))
+    with pytest.raises(BadDataError, match="'groups' must be a 1-D array of integer group ids"):
+        open_dataset(tmp_path / "float.npz")
+    np.savez(tmp_path / "short.npz", x=np.zeros((4, 2), np.float32), groups=np.zeros(3, np.int64))
+    with pytest.raises(BadDataError, match="'groups' has 3 entries but 'x' has 4"):
+        open_dataset(tmp_path / "short.npz")
+    np.savez(tmp_path / "one.npz", x=np.zeros((4, 2), np.float32), y=np.arange(4), groups=np.zeros(4, np.int64))
+    with pytest.raises(BadDataError, match="every sample is in one group"):
+        split_dataset(open_dataset(tmp_path / "one.npz"), 0.2)

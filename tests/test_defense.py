@@ -98,6 +98,7 @@ def test_split_is_deterministic_and_disjoint(defended, backdoored):
     _, result = defended
     total = len(open_dataset(backdoored["clean"]))
     assert result.split["fine_tune_samples"] + result.split["validation_samples"] == total
+    assert result.split["by_groups"] is False  # the fixture's data names no groups
 
 
 def test_weight_noise_is_relative_and_seeded(backdoored):
