@@ -530,9 +530,9 @@ def _group_split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Data
     """Whole groups, in a seeded order, go to validation until it holds val_fraction of the samples.
 
     Why: near-copies on both sides (frames of one traffic-sign track, one speaker's recordings)
-    make validation accuracy an accuracy on training data. On the GTSRB WaNet zoo model a random
-    split of the defender's frames kept validation 0.2 points below the vendor while the test set
-    lost 7 points, so the accuracy floor and the ship guard passed a model they should have refused.
+    make validation accuracy an accuracy on training data. On the GTSRB WaNet zoo model a per-frame
+    split kept the defended model above its validation floor while the test set lost 7 points, so the
+    accuracy floor and the ship guard passed a model they should have refused.
     Not stratified by label (a group may hold several), so a rare class can end up on one side.
     """
     groups = dataset.groups
