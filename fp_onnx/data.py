@@ -536,11 +536,12 @@ def _group_split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Data
     Not stratified by label (a group may hold several), so a rare class can end up on one side.
     """
     groups = dataset.groups
-    names = np.random.default_rng(seed).permutation(np.unique(groups))
-    if len(names) < 2:
+    unique, counts = np.unique(groups, return_counts=True)
+    if len(unique) < 2:
         raise BadDataError(f"{dataset.source}: every sample is in one group; validation needs samples from "
                            "groups that fine-tuning does not see (give at least two groups)")
-    sizes = np.array([np.count_nonzero(groups == name) for name in names])
+    order = np.random.default_rng(seed).permutation(len(unique))
+    names, sizes = unique[order], counts[order]
     count = int(np.searchsorted(np.cumsum(sizes), val_fraction * len(groups))) + 1
     chosen = names[:min(count, len(names) - 1)]
     in_val = np.isin(groups, chosen)

@@ -139,3 +139,11 @@ def test_groups_must_be_integer_ids_and_more_than_one(tmp_path):
     np.savez(tmp_path / "one.npz", x=np.zeros((4, 2), np.float32), y=np.arange(4), groups=np.zeros(4, np.int64))
     with pytest.raises(BadDataError, match="every sample is in one group"):
         split_dataset(open_dataset(tmp_path / "one.npz"), 0.2)
+
+
+def test_a_group_per_sample_splits_like_independent_samples():
+    """Hostile or careless ids (every sample its own group, 100k of them) must not make the split quadratic."""
+    from fp_onnx.data import split_dataset
+    data = ArrayDataset(np.zeros((100_000, 1), np.float32), group=np.arange(100_000)[::-1].copy())
+    train, val = split_dataset(data, 0.2, seed=0)
+    assert len(val) == 20_000 and len(train) == 80_000
