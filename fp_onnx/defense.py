@@ -22,7 +22,7 @@ from fp_onnx.data import Dataset, split_dataset
 from fp_onnx.errors import BadDataError, BadOptionError
 from fp_onnx.evaluate import Measurement, measure
 from fp_onnx.finetune import FineTuneConfig, FineTuneResult, fine_tune
-from fp_onnx.guard import check_clean, max_accuracy_drop_for
+from fp_onnx.guard import CleanCheck, check_clean, max_accuracy_drop_for
 from fp_onnx.metrics import AttackSpec
 from fp_onnx.profile import profile_model
 from fp_onnx.prune import PruneOutcome, StopRule, prune_defense
@@ -81,6 +81,9 @@ class DefenseData:
     """Clean validation data (ranking, stopping, early stopping, the guard)."""
     scored: Dataset
     """Clean data of the results table: the test data when given, else `val`."""
+    vendor: CleanCheck
+    """The vendor's model on `val`, measured once: fine-tuning's floor and the guard on the written
+    files both compare against it."""
     triggered: Dataset | None = None
     attack: AttackSpec | None = None
 
@@ -151,7 +154,10 @@ def fine_prune(
         table["pruning"] = evaluate(pruned.surgery.model)
     clock = time.perf_counter()
     max_drop = config.accuracy_drop_limit(len(val))
-    floor = vendor_validation_accuracy(model, pruned, val, stop_data, config, options) - max_drop
+    # The vendor on the validation split, as the guard on the written file will compare (the prune curve's
+    # start is an accuracy on all the clean data when pruning was measured there, training part included).
+    vendor = check_clean(model, val, options=options, batch_size=config.batch_size)
+    floor = vendor.accuracy - max_drop
     tuned, attempts = recover_step(pruned.surgery.model, train, val, config, floor, progress, reference=model)
     seconds["fine_tune"] = time.perf_counter() - clock
     finetune_only = None
@@ -178,24 +184,13 @@ def fine_prune(
         signature_problems=signature_differences(model, tuned.model),
         finetune_only=finetune_only,
         models=models,
-        data=DefenseData(val, scored, triggered, attack),
+        data=DefenseData(val, scored, vendor, triggered, attack),
         max_accuracy_drop=max_drop,
         method={"name": config.method, "rank": config.rank, "recover": tuned.config.get("recipe"),
                 "recover_attempts": attempts,
                 "recover_settings": {k: tuned.config.get(k) for k in ("lr", "epochs", "patience", "keep",
                                                                        "weight_decay", "optimizer")}},
     )
-
-
-def vendor_validation_accuracy(model: onnx.ModelProto, pruned: PruneOutcome, val: Dataset, stop_data: Dataset,
-                               config: DefenseConfig, options: RuntimeOptions) -> float:
-    """The vendor's accuracy on the validation split, which fine-tuning's floor is measured against (and the
-    guard on the written file too). The prune curve starts with it unless pruning was measured on all the
-    clean data, which includes the training part: comparing a validation accuracy with that would reject
-    or accept on the difference between two data sets, not on what training did."""
-    if stop_data is val:
-        return pruned.curve.clean_accuracy[0]
-    return check_clean(model, val, options=options, batch_size=config.batch_size).accuracy
 
 
 def recover_step(model: onnx.ModelProto, train: Dataset, val: Dataset, config: DefenseConfig, floor: float,

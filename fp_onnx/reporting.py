@@ -85,7 +85,7 @@ def write_defense_outputs(out_dir: Path, result, loaded: LoadedModel, settings: 
     from fp_onnx.report import library_versions, write_html
 
     prune, data = result.prune, result.data
-    vendor = check_clean(loaded.model, data.val, options=options, batch_size=batch_size)
+    vendor = data.vendor
     defended, (verdict, guard) = ship_model(
         result.defended, out_dir, "defended.onnx",
         lambda path: _judge_defended(path, result, vendor, limits, options, batch_size), lambda j: j[0].exit_code == 0)
