@@ -28,13 +28,7 @@ from pathlib import Path
 import onnx
 
 from fp_onnx.errors import BadModelError, UnsafeFileError
-
-_SUB_BYTE_BITS = {
-    getattr(onnx.TensorProto, name): bits
-    for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
-    if hasattr(onnx.TensorProto, name)
-}
-
+from fp_onnx.tensor_size import tensor_bytes
 
 def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     """Every TensorProto a graph carries: initializers, sparse values, node attributes, subgraphs."""
@@ -141,27 +135,13 @@ def _data_range(info: dict[str, str], file: Path, tensor: onnx.TensorProto, path
             f"{path}: tensor '{tensor.name}' reads bytes {offset}..{offset + (length or 0)} of '{file.name}', "
             f"which has only {size} bytes"
         )
-    needed = _tensor_bytes(tensor)
+    needed = tensor_bytes(tensor)
     if needed is not None and needed != length:
         raise BadModelError(
             f"{path}: tensor '{tensor.name}' needs {needed} bytes for its shape {list(tensor.dims)} "
             f"but its external data holds {length}"
         )
     return offset, length
-
-
-def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
-    """Bytes a tensor of this type and shape occupies as raw data; None when the type has no fixed size."""
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    if tensor.data_type in _SUB_BYTE_BITS:
-        return (count * _SUB_BYTE_BITS[tensor.data_type] + 7) // 8
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, ValueError, TypeError):
-        return None
-    return None if tensor.data_type == onnx.TensorProto.STRING else count * itemsize
 
 
 def _shorten(text: str, limit: int = 80) -> str:

@@ -30,6 +30,7 @@ import onnx
 
 from fp_onnx.errors import ResourceLimitError
 from fp_onnx.procfs import proc_field
+from fp_onnx.tensor_size import tensor_bytes
 
 DEFAULT_FRACTION = 0.5
 """Share of the available memory a run plans to use when --max-memory is not given."""
@@ -94,8 +95,14 @@ def _address_space_room() -> int | None:
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of the model's initializers (what every session of it holds)."""
-    return sum(len(tensor.raw_data) or _elements(tensor.dims) * 4 for tensor in model.graph.initializer)
+    """Bytes of the model's initializers (what every session of it holds): exact for every fixed-size type,
+    wherever the values are stored (raw data, typed fields, external data); 4 per element otherwise."""
+    return sum(_initializer_bytes(tensor) for tensor in model.graph.initializer)
+
+
+def _initializer_bytes(tensor: onnx.TensorProto) -> int:
+    exact = tensor_bytes(tensor)
+    return exact if exact is not None else len(tensor.raw_data) or _elements(tensor.dims) * 4
 
 
 def activation_bytes(model: onnx.ModelProto) -> tuple[int, str]:

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from fp_onnx.data import ArrayDataset
 from fp_onnx.errors import ResourceLimitError
 from fp_onnx.inference import ModelRunner
-from fp_onnx.memory import activation_bytes, available_memory, budget_bytes, rows_within
+from fp_onnx.memory import activation_bytes, available_memory, budget_bytes, rows_within, weight_bytes
 from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.runtime import RuntimeOptions
 from fp_onnx.sweep import PruneSweep
@@ -34,6 +34,18 @@ def test_activation_bytes_sum_every_tensor_computed_from_the_input_per_sample():
     total, largest = activation_bytes(_conv_model())
     assert total == 4 * (3 * 64 + 4 * 64 + 4 * 64 + 4)  # input, conv, relu, pool; the weight is not counted
     assert largest in ("c", "r")
+
+
+def test_weight_bytes_are_exact_for_every_storage_of_the_values():
+    """float64 in typed fields (double_data), int64 in int64_data, float16 as raw data and a float32 tensor whose
+    values live in external data (no raw_data here) each count their element size, not 4 bytes a value."""
+    model = _conv_model()
+    doubles = helper.make_tensor("d", TensorProto.DOUBLE, [5], [1.0] * 5)  # typed field, 8 bytes each
+    longs = helper.make_tensor("i", TensorProto.INT64, [3], [1, 2, 3])
+    halves = numpy_helper.from_array(np.ones(6, np.float16), "h")  # raw data
+    external = TensorProto(name="e", data_type=TensorProto.FLOAT, dims=[7], data_location=TensorProto.EXTERNAL)
+    model.graph.initializer.extend([doubles, longs, halves, external])
+    assert weight_bytes(model) == 4 * 108 + 8 * 5 + 8 * 3 + 2 * 6 + 4 * 7
 
 
 def test_rows_within_the_budget():
