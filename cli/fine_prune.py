@@ -110,8 +110,10 @@ def results_table(result) -> str:
         lines.append(f"{TABLE_NAMES[name]:<26}{row.clean_accuracy:>16.4f}{success:>16}")
     prune, tuned = result.prune, result.finetune
     recoveries = f", {tuned.describe_recoveries()}" if tuned.recoveries else ""
+    refused = [a["recipe"] for a in result.method.get("recover_attempts", [])[:-1]]
+    fallback = f" after {', '.join(refused)} ended below the accuracy floor" if refused else ""
     lines.append(f"(method {result.method.get('name')}: rank {result.method.get('rank')}, recover "
-                 f"{result.method.get('recover')}; clean accuracy on {result.evaluated_on} data; "
+                 f"{result.method.get('recover')}{fallback}; clean accuracy on {result.evaluated_on} data; "
                  f"pruned {prune.channels_pruned} of "
                  f"{prune.curve.channels} channels; fine-tuned {tuned.best_epoch} epoch(s){recoveries}; "
                  f"signature {'matches the vendor' if not result.signature_problems else 'DIFFERS'})")

@@ -25,12 +25,13 @@ from fp_onnx.finetune import FineTuneConfig, FineTuneResult, fine_tune
 from fp_onnx.guard import CleanCheck, check_clean, max_accuracy_drop_for
 from fp_onnx.metrics import AttackSpec
 from fp_onnx.profile import profile_model
-from fp_onnx.prune import PruneOutcome, StopRule, prune_defense
+from fp_onnx.prune import PruneOutcome, StopRule, channels_to_prune, prune_defense
 from fp_onnx.prune_point import PrunePoint, find_prune_points
-from fp_onnx.ranked_prune import ranked_prune_defense
+from fp_onnx.ranked_prune import prune_ranked, ranked_prune_defense
 from fp_onnx.ranking import RankingInputs, rank_channels
 from fp_onnx.runtime import RuntimeOptions
 from fp_onnx.signature import signature_differences
+from fp_onnx.surgery import prune_channels
 
 STRATEGIES = ("none", "pruning", "fine-tuning", "fine-pruning")
 
@@ -46,6 +47,10 @@ class DefenseConfig:
     """The name of the method (`fp_onnx.methods`) these settings came from, for the report."""
     fallback_recipes: tuple[str, ...] = ()
     """Recipes tried in turn, from the pruned model again, when the one before ends below the floor."""
+    fallback_rule: StopRule | None = None
+    """A looser stop rule for the model the fallback recipes start from (None: the same pruned model). When
+    the first recipe cannot be afforded, the accepted clean-accuracy cost goes to pruning instead: the
+    paper's mechanism, on the curve already measured."""
     prune_on_all_clean_data: bool = False
     """Rank and stop on the whole of --data (fine-tuning part included) instead of its validation part. The
     paper uses validation data; with a small defender set the validation part is a few dozen samples, too few
@@ -149,27 +154,25 @@ def fine_prune(
     pruned = prune_step(model, point, train, stop_data, config, triggered=triggered, attack=attack, options=options,
                         progress=progress)
     seconds["prune"] = time.perf_counter() - clock
-    models = {"pruning": pruned.surgery.model}
-    if config.baselines:
-        table["pruning"] = evaluate(pruned.surgery.model)
     clock = time.perf_counter()
     max_drop = config.accuracy_drop_limit(len(val))
     # The vendor on the validation split, as the guard on the written file will compare (the prune curve's
     # start is an accuracy on all the clean data when pruning was measured there, training part included).
     vendor = check_clean(model, val, options=options, batch_size=config.batch_size)
     floor = vendor.accuracy - max_drop
-    tuned, attempts = recover_step(pruned.surgery.model, train, val, config, floor, progress, reference=model)
+    tuned, attempts, pruned = recover_step(model, point, pruned, train, val, config, floor, progress)
     seconds["fine_tune"] = time.perf_counter() - clock
     finetune_only = None
     if config.baselines:
+        table["pruning"] = evaluate(pruned.surgery.model)  # the pruning the shipped model started from
         clock = time.perf_counter()
         finetune_only = fine_tune(model, train, val, config.finetune, accuracy_floor=floor, progress=progress)
-
         seconds["fine_tune_only_baseline"] = time.perf_counter() - clock
         table["fine-tuning"] = evaluate(finetune_only.model)
-        models["fine-tuning"] = finetune_only.model
     table["fine-pruning"] = evaluate(tuned.model)
-    models["fine-pruning"] = tuned.model
+    models = {"pruning": pruned.surgery.model, "fine-pruning": tuned.model}
+    if finetune_only is not None:
+        models["fine-tuning"] = finetune_only.model
     return DefenseResult(
         defended=tuned.model,
         prune=pruned,
@@ -193,21 +196,37 @@ def fine_prune(
     )
 
 
-def recover_step(model: onnx.ModelProto, train: Dataset, val: Dataset, config: DefenseConfig, floor: float,
-                 progress: bool, reference: onnx.ModelProto | None = None) -> tuple[FineTuneResult, list[dict]]:
-    """Fine-tune with the configured recipe; while the result ends below `floor` (or failed), start again from
-    the pruned model with the next fallback recipe. Returns the result kept and one line per attempt.
-    `reference` (the vendor's unpruned model) is what distilling recipes take clean behaviour from."""
+def recover_step(vendor: onnx.ModelProto, point: PrunePoint, pruned: PruneOutcome, train: Dataset, val: Dataset,
+                 config: DefenseConfig, floor: float, progress: bool
+                 ) -> tuple[FineTuneResult, list[dict], PruneOutcome]:
+    """Fine-tune the pruned model with the configured recipe; while the result ends below `floor` (or failed),
+    start again with the next fallback recipe, from the model pruned by `config.fallback_rule` when there is
+    one. Returns the result kept, one line per attempt and the pruning it started from. The `vendor` model is
+    what distilling recipes take clean behaviour from."""
     attempts = []
-    for recipe in (config.finetune.recipe, *config.fallback_recipes):
-        tuned = fine_tune(model, train, val, replace(config.finetune, recipe=recipe), accuracy_floor=floor,
-                          progress=progress, reference=reference)
+    for index, recipe in enumerate((config.finetune.recipe, *config.fallback_recipes)):
+        if index == 1 and config.fallback_rule is not None:
+            pruned = prune_deeper(vendor, point, pruned, config.fallback_rule)
+        tuned = fine_tune(pruned.surgery.model, train, val, replace(config.finetune, recipe=recipe),
+                          accuracy_floor=floor, progress=progress, reference=vendor)
         usable = tuned.failure is None and tuned.best_val_accuracy >= floor - 1e-12
-        attempts.append({"recipe": recipe, "best_val_accuracy": tuned.best_val_accuracy, "failure": tuned.failure,
+        attempts.append({"recipe": recipe, "channels_pruned": pruned.channels_pruned,
+                         "best_val_accuracy": tuned.best_val_accuracy, "failure": tuned.failure,
                          "below_floor": not usable, "recoveries": len(tuned.recoveries)})
         if usable:
             break
-    return tuned, attempts
+    return tuned, attempts, pruned
+
+
+def prune_deeper(vendor: onnx.ModelProto, point: PrunePoint, outcome: PruneOutcome, rule: StopRule) -> PruneOutcome:
+    """The `vendor` model cut along `outcome`'s ranking at the looser `rule`, read off the curve already
+    measured (never fewer channels than `outcome`)."""
+    count = max(outcome.channels_pruned, channels_to_prune(outcome.curve, rule))
+    if count == outcome.channels_pruned:
+        return outcome
+    surgery = (prune_channels(vendor, point, outcome.curve.order[:count]) if outcome.ranking is None
+               else prune_ranked(vendor, outcome.ranking, count))
+    return replace(outcome, rule=rule, channels_pruned=count, surgery=surgery)
 
 
 def prune_step(model: onnx.ModelProto, point: PrunePoint, train: Dataset, val: Dataset, config: DefenseConfig, *,

@@ -35,11 +35,14 @@ class Method:
     """Measure the prune curve on all of --data, not only its validation part (see DefenseConfig)."""
     max_accuracy_drop: float | None = None
     """The clean-accuracy cost accepted for the whole defense when the user gives none (None: the threshold)."""
+    fallback_threshold: float | None = None
+    """Stop threshold of the pruning the fallback recipes start from, read off the same prune curve (None: they
+    start from the same pruned model). Only while the stop rule is the method's own."""
 
     def to_dict(self) -> dict:
         return {"name": self.name, "rank": self.rank, "recover": list(self.recover), "threshold": self.threshold,
                 "summary": self.summary, "prune_on_all_clean_data": self.prune_on_all_clean_data,
-                "max_accuracy_drop": self.max_accuracy_drop}
+                "max_accuracy_drop": self.max_accuracy_drop, "fallback_threshold": self.fallback_threshold}
 
 
 METHODS: dict[str, Method] = {
@@ -51,8 +54,9 @@ METHODS: dict[str, Method] = {
                           "clean data, then unlearn universal perturbations with distillation from the vendor model; "
                           "where that costs clean accuracy, fine-tune with a cosine schedule instead, and failing "
                           "that the paper's way",
-                          # prune only what is free (1 point), accept the issue's 2 points for unlearning
-                          prune_on_all_clean_data=True, max_accuracy_drop=0.02),
+                          # prune only what is free (1 point), accept the issue's 2 points for unlearning;
+                          # when unlearning cannot be afforded, spend those 2 points on pruning instead
+                          prune_on_all_clean_data=True, max_accuracy_drop=0.02, fallback_threshold=0.02),
 }
 DEFAULT_METHOD = "recommended"
 
@@ -72,18 +76,24 @@ def resolve_method(name: str | None, rank: str | None = None, recover: str | Non
     if rank == base.rank and recipes == base.recover:
         return base
     return Method(f"{name} (rank {rank}, recover {'/'.join(recipes)})", rank, recipes, base.threshold, "custom",
-                  base.prune_on_all_clean_data, base.max_accuracy_drop)
+                  base.prune_on_all_clean_data, base.max_accuracy_drop,
+                  base.fallback_threshold if len(recipes) > 1 else None)
 
 
 def defense_config(method: Method, finetune=None, **settings):
     """The `fp_onnx.defense.DefenseConfig` that runs `method`: its criterion, threshold (unless `settings`
-    give a `rule`) and recipes (the first one in `finetune`, which keeps the caller's other settings)."""
+    give a `rule`) and recipes (the first one in `finetune`, which keeps the caller's other settings). The
+    fallback recipes' deeper pruning applies only under the method's own stop rule: a rule the user chose
+    bounds every attempt."""
     from fp_onnx.defense import DefenseConfig
     from fp_onnx.finetune import FineTuneConfig
     from fp_onnx.prune import StopRule
 
     finetune = replace(finetune or FineTuneConfig(), recipe=method.recover[0])
-    settings.setdefault("rule", StopRule("threshold", method.threshold))
+    own_rule = StopRule("threshold", method.threshold)
+    settings.setdefault("rule", own_rule)
+    if method.fallback_threshold is not None and settings["rule"] == own_rule:
+        settings.setdefault("fallback_rule", StopRule("threshold", method.fallback_threshold))
     return DefenseConfig(finetune=finetune, rank=method.rank, method=method.name, fallback_recipes=method.recover[1:],
                          prune_on_all_clean_data=method.prune_on_all_clean_data,
                          method_accuracy_drop=method.max_accuracy_drop, **settings)

@@ -13,7 +13,9 @@ from fp_onnx.defense import DefenseConfig, recover_step
 from fp_onnx.errors import BadOptionError
 from fp_onnx.finetune import FineTuneConfig, fine_tune
 from fp_onnx.loading import load_model
-from fp_onnx.methods import METHODS, resolve_method
+from fp_onnx.methods import METHODS, defense_config, resolve_method
+from fp_onnx.prune import StopRule, prune_defense
+from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.recipes import RECIPES, TrainingBatch, TrainingPlan, register_recipe
 from fp_onnx.recipes.adversarial import data_radius, universal_perturbation
 from fp_onnx.recipes.feature_shift import reinitialise_head
@@ -99,8 +101,12 @@ def test_sharpness_aware_step_takes_the_gradient_at_the_perturbed_weights():
     torch.testing.assert_close(weight.detach(), expected)
 
 
-def test_a_recipe_that_fails_gives_way_to_the_methods_fallback(data):
+def test_a_recipe_that_fails_gives_way_to_the_methods_fallback_pruned_deeper(data):
+    """The fallback starts from the vendor model cut further along the same ranking (the fallback rule), and
+    the pruning returned is the one the kept model started from."""
     model, train, val = data
+    point = resolve_prune_point(model, None)
+    pruned = prune_defense(model, point, val, StopRule("channels", 2))
 
     @register_recipe("test-explode", defaults={"lr": 1e6, "epochs": 2, "patience": None, "keep": "last",
                                                "max_recoveries": 0})
@@ -110,13 +116,28 @@ def test_a_recipe_that_fails_gives_way_to_the_methods_fallback(data):
     try:
         config = DefenseConfig(finetune=FineTuneConfig(device="cpu", recipe="test-explode", clip_grad_norm=0,
                                                        layer_scale_spread=0, epochs=2),
-                               fallback_recipes=("paper",))
-        tuned, attempts = recover_step(model, train, val, config, floor=0.5, progress=False)
+                               fallback_recipes=("paper",), fallback_rule=StopRule("channels", 5))
+        tuned, attempts, used = recover_step(model, point, pruned, train, val, config, floor=0.5, progress=False)
     finally:
         RECIPES.pop("test-explode")
     assert [a["recipe"] for a in attempts] == ["test-explode", "paper"]
+    assert [a["channels_pruned"] for a in attempts] == [2, 5]
     assert attempts[0]["below_floor"] and not attempts[1]["below_floor"]
     assert tuned.config["recipe"] == "paper" and tuned.best_val_accuracy >= 0.5
+    assert used.channels_pruned == 5 and used.curve is pruned.curve and used.rule == StopRule("channels", 5)
+    assert used.surgery.channels_removed == pruned.curve.order[:5]
+    kept = len(used.surgery.channels_kept)
+    assert kept == point.channels - 5
+    conv_weights = [t for t in tuned.model.graph.initializer if len(t.dims) == 4]
+    assert any(t.dims[0] == kept for t in conv_weights)  # the shipped model is the deeper-pruned one
+
+
+def test_the_deeper_fallback_pruning_follows_only_the_methods_own_stop_rule():
+    method = METHODS["recommended"]
+    assert defense_config(method).fallback_rule == StopRule("threshold", method.fallback_threshold)
+    assert defense_config(method, rule=StopRule("threshold", 0.03)).fallback_rule is None
+    assert defense_config(METHODS["paper"]).fallback_rule is None
+    assert resolve_method("recommended", recover="cosine").fallback_threshold is None  # no fallback, no re-cut
 
 
 def test_methods_resolve_and_overrides_replace_the_cascade():
