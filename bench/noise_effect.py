@@ -1,10 +1,11 @@
-"""Effect of weight noise before fine-tuning (`--noise σ`, the paper's §4 proposal) on the shipped demo model.
+"""Effect of weight noise before fine-tuning (`--noise σ`, the paper's §4 proposal) on a backdoored model.
 
 Runs fine-pruning (paper defaults: threshold 0.04, fine-tuning defaults) on the shipped
-backdoored FSDD model for several σ, side by side in one run with the same split and
-seed, and reports clean test accuracy and attack success for each.
+backdoored FSDD model, or a zoo folder with the same files (`--model`), for several σ,
+side by side in one run with the same split and seed, and reports clean test accuracy
+and attack success for each.
 
-    python bench/noise_effect.py [--sigmas 0 0.05 0.1 0.2] [--device cpu]
+    python bench/noise_effect.py [--sigmas 0 0.05 0.1 0.2] [--device cpu] [--model out/zoo/speech_badnets_demo]
 
 Prints a table and writes bench/results/noise_effect.json.
 """
@@ -21,7 +22,7 @@ from fp_onnx.defense import DefenseConfig, fine_prune
 from fp_onnx.finetune import FineTuneConfig
 from fp_onnx.loading import load_model
 from fp_onnx.metrics import AttackSpec
-from fp_onnx.models import shipped_demo
+from fp_onnx.models import DEMO_FILES, shipped_demo
 from fp_onnx.prune import StopRule
 from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.report import library_versions
@@ -33,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a zoo folder (model.onnx, clean_val/clean_test/triggered_test.npz); default: the shipped demo")
     args = parser.parse_args(argv)
-    demo = shipped_demo()
+    demo = shipped_demo() if args.model is None else {key: args.model / name for key, name in DEMO_FILES.items()}
     model = load_model(demo["model"]).model
     point = resolve_prune_point(model, None)
     rows = []

@@ -13,7 +13,7 @@ Measured once, on a few batches, with gradients but without an update:
   it with the network's median; a tensor more than `spread` times above the median
   gets its learning rate lowered until it sits at `spread` times the median. Ordinary
   networks, whose layers lie within a few times of each other, are left untouched
-  (measured: the shipped demo's tensors lie within 4x of the median);
+  (measured: speech_badnets_demo's tensors lie within 4x of the median);
 * the typical **gradient norm** (median over the batches, after the layer scales),
   from which the automatic gradient-clipping threshold is derived.
 

@@ -14,6 +14,7 @@ says which). Triggered data is only ever measured, never used to decide anything
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import onnx
@@ -48,9 +49,9 @@ class DefenseConfig:
     fallback_recipes: tuple[str, ...] = ()
     """Recipes tried in turn, from the pruned model again, when the one before ends below the floor."""
     fallback_rule: StopRule | None = None
-    """A looser stop rule for the model the fallback recipes start from (None: the same pruned model). When
-    the first recipe cannot be afforded, the accepted clean-accuracy cost goes to pruning instead: the
-    paper's mechanism, on the curve already measured."""
+    """A looser stop rule for the model the fallback recipes start from first (None: the same pruned model).
+    When the first recipe cannot be afforded, the accepted clean-accuracy cost goes to pruning instead, the
+    paper's mechanism, on the curve already measured (`recovery_attempts`)."""
     prune_on_all_clean_data: bool = False
     """Rank and stop on the whole of --data (fine-tuning part included) instead of its validation part. The
     paper uses validation data; with a small defender set the validation part is a few dozen samples, too few
@@ -199,23 +200,34 @@ def fine_prune(
 def recover_step(vendor: onnx.ModelProto, point: PrunePoint, pruned: PruneOutcome, train: Dataset, val: Dataset,
                  config: DefenseConfig, floor: float, progress: bool
                  ) -> tuple[FineTuneResult, list[dict], PruneOutcome]:
-    """Fine-tune the pruned model with the configured recipe; while the result ends below `floor` (or failed),
-    start again with the next fallback recipe, from the model pruned by `config.fallback_rule` when there is
-    one. Returns the result kept, one line per attempt and the pruning it started from. The `vendor` model is
-    what distilling recipes take clean behaviour from."""
+    """Fine-tune with each (recipe, pruning) of `recovery_attempts` in turn until one ends at or above `floor`
+    without failing. Returns the result kept (the last one tried when none passes: the guard on the written
+    file refuses it), one line per attempt, and the pruning the kept result started from. The `vendor` model
+    is what distilling recipes take clean behaviour from."""
     attempts = []
-    for index, recipe in enumerate((config.finetune.recipe, *config.fallback_recipes)):
-        if index == 1 and config.fallback_rule is not None:
-            pruned = prune_deeper(vendor, point, pruned, config.fallback_rule)
-        tuned = fine_tune(pruned.surgery.model, train, val, replace(config.finetune, recipe=recipe),
+    for recipe, start in recovery_attempts(vendor, point, pruned, config):
+        tuned = fine_tune(start.surgery.model, train, val, replace(config.finetune, recipe=recipe),
                           accuracy_floor=floor, progress=progress, reference=vendor)
         usable = tuned.failure is None and tuned.best_val_accuracy >= floor - 1e-12
-        attempts.append({"recipe": recipe, "channels_pruned": pruned.channels_pruned,
+        attempts.append({"recipe": recipe, "channels_pruned": start.channels_pruned,
                          "best_val_accuracy": tuned.best_val_accuracy, "failure": tuned.failure,
                          "below_floor": not usable, "recoveries": len(tuned.recoveries)})
         if usable:
             break
-    return tuned, attempts, pruned
+    return tuned, attempts, start
+
+
+def recovery_attempts(vendor: onnx.ModelProto, point: PrunePoint, pruned: PruneOutcome,
+                      config: DefenseConfig) -> Iterator[tuple[str, PruneOutcome]]:
+    """The (recipe, pruning) pairs to try, in order: the first recipe on `pruned`; then every fallback recipe
+    on the deeper pruning of `config.fallback_rule` (cut only when it is needed), and, should none of them
+    keep clean accuracy there, every fallback recipe on `pruned` again: deeper pruning is worth a try where
+    unlearning was refused, never the reason a model that the gentle recipes keep usable is refused."""
+    yield config.finetune.recipe, pruned
+    deeper = pruned if config.fallback_rule is None else prune_deeper(vendor, point, pruned, config.fallback_rule)
+    for start in (deeper, pruned) if deeper is not pruned else (pruned,):
+        for recipe in config.fallback_recipes:
+            yield recipe, start
 
 
 def prune_deeper(vendor: onnx.ModelProto, point: PrunePoint, outcome: PruneOutcome, rule: StopRule) -> PruneOutcome:

@@ -1,8 +1,9 @@
 """Model zoo: architectures after the paper, attack recipes, and small shipped models.
 
 `shipped_demo()` gives the paths of the small backdoored FSDD speech model that
-ships with the package (CC BY-SA 4.0, see its ATTRIBUTION.md); everything else
-here (`build`, `attacks`, `datasets`) makes the benchmark models from the shared data.
+ships with the package (the zoo's `speech_dormant`, the paper's dormant-channel
+backdoor; CC BY-SA 4.0, see its ATTRIBUTION.md); everything else here (`build`,
+`attacks`, `datasets`) makes the benchmark models from the shared data.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from fp_onnx.errors import BadDataError
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
-DEMO_NAME = "speech_badnets"
+DEMO_NAME = "speech_dormant"
 DEMO_FILES = {
     "model": "model.onnx",
     "clean_val": "clean_val.npz",
@@ -32,8 +33,7 @@ def shipped_demo() -> dict[str, Path]:
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise BadDataError(f"shipped demo files missing: {', '.join(missing)}; reinstall fp-onnx "
-                           "or rebuild with `python -m fp_onnx.models.build --task speech --attack badnets "
-                           f"--size demo --out {folder}`")
+                           f"or rebuild with `python -m fp_onnx.models.build --recipe speech_dormant --out {folder}`")
     return paths
 
 

@@ -44,12 +44,12 @@ def defended(backdoored):
 def test_the_default_method_removes_the_shipped_demos_backdoor():
     """The README's promise: fp-onnx's default (`recommended`: prune what costs no clean accuracy, unlearn
     universal perturbations with distillation from the vendor model, gentler recipes where that costs clean
-    accuracy) with its own settings removes the backdoor of the shipped model (an all-to-all noise-burst
-    backdoor built by `models/`, not for this test) and keeps its clean accuracy, measured on the held-out clean
-    and triggered test files. The defender holds 10 % of the vendor's training data, the benchmark's rule
-    (bench/reproduce_paper.py, same seeded sample). Measured 0.980 / 0.043 with one torch thread and
-    0.960 / 0.123 with two (float sums change the unlearning's path), from 0.980 / 0.943; the paper's method
-    leaves 0.75. (With the whole clean file, 1,020 samples, it ends at 0.10-0.18: docs/decisions.md.)"""
+    accuracy) with its own settings removes the backdoor of the shipped model (the zoo's `speech_dormant`, an
+    all-to-one noise-burst backdoor in dormant channels built by `models/`, not for this test) and keeps its
+    clean accuracy, measured on the held-out clean and triggered test files. The defender holds 10 % of the
+    vendor's training data, the benchmark's rule (bench/reproduce_paper.py, same seeded sample). Measured
+    0.987 / 0.019 from 0.987 / 1.000 (one torch thread; 0.007-0.022 with the whole clean file, one or two
+    threads); the paper's method leaves 0.43."""
     from fp_onnx.methods import DEFAULT_METHOD, METHODS, defense_config
     from fp_onnx.models import shipped_demo
 
@@ -65,8 +65,8 @@ def test_the_default_method_removes_the_shipped_demos_backdoor():
     vendor, defended = result.table["none"], result.table["fine-pruning"]
     attempts = result.method["recover_attempts"]
     assert attempts[-1]["recipe"] == result.method["recover"] and not attempts[-1]["below_floor"]
-    assert defended.attack_success <= 0.2 < 0.9 < vendor.attack_success
-    assert defended.clean_accuracy >= vendor.clean_accuracy - 0.03
+    assert defended.attack_success <= 0.1 < 0.9 < vendor.attack_success
+    assert defended.clean_accuracy >= vendor.clean_accuracy - 0.02
 
 
 def test_the_fixture_really_is_backdoored(defended):

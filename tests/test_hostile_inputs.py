@@ -25,11 +25,12 @@ from fp_onnx.cli.main import cli
 from fp_onnx.data import open_dataset
 from fp_onnx.errors import ResourceLimitError
 from fp_onnx.loading import load_model
+from fp_onnx.models import shipped_demo
 from fp_onnx.outputs import write_bytes
 from fuzzing.data_mutators import _npy_bytes
 from fuzzing.model_mutators import point_to_external, with_function_constant
 
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shipped" / "speech_badnets"
+SHIPPED = shipped_demo()["model"].parent
 
 
 @pytest.fixture()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from fp_onnx.converters import onnx_to_torch
 from fp_onnx.data import open_dataset, split_dataset
-from fp_onnx.defense import DefenseConfig, recover_step
+from fp_onnx.defense import DefenseConfig, recover_step, recovery_attempts
 from fp_onnx.errors import BadOptionError
 from fp_onnx.finetune import FineTuneConfig, fine_tune
 from fp_onnx.loading import load_model
@@ -130,6 +131,19 @@ def test_a_recipe_that_fails_gives_way_to_the_methods_fallback_pruned_deeper(dat
     assert kept == point.channels - 5
     conv_weights = [t for t in tuned.model.graph.initializer if len(t.dims) == 4]
     assert any(t.dims[0] == kept for t in conv_weights)  # the shipped model is the deeper-pruned one
+
+
+def test_fallbacks_try_the_deeper_pruning_first_then_the_method_pruning_again(data):
+    model, _, val = data
+    point = resolve_prune_point(model, None)
+    pruned = prune_defense(model, point, val, StopRule("channels", 2))
+    config = DefenseConfig(finetune=FineTuneConfig(recipe="adversarial"), fallback_recipes=("cosine", "paper"),
+                           fallback_rule=StopRule("channels", 5))
+    order = [(recipe, start.channels_pruned) for recipe, start in recovery_attempts(model, point, pruned, config)]
+    assert order == [("adversarial", 2), ("cosine", 5), ("paper", 5), ("cosine", 2), ("paper", 2)]
+    same = replace(config, fallback_rule=StopRule("channels", 2))  # nothing deeper to try: no repeats
+    assert [(r, s.channels_pruned) for r, s in recovery_attempts(model, point, pruned, same)] == \
+        [("adversarial", 2), ("cosine", 2), ("paper", 2)]
 
 
 def test_the_deeper_fallback_pruning_follows_only_the_methods_own_stop_rule():

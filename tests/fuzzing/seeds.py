@@ -15,7 +15,9 @@ import onnx
 
 import model_zoo
 
-SHIPPED = Path(model_zoo.__file__).resolve().parents[1] / "models" / "shipped" / "speech_badnets"
+from fp_onnx.models import shipped_demo
+
+SHIPPED = shipped_demo()["model"].parent
 
 
 @dataclass(frozen=True)
