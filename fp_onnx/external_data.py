@@ -30,6 +30,7 @@ import onnx
 from fp_onnx.errors import BadModelError, UnsafeFileError
 from fp_onnx.tensor_size import tensor_bytes
 
+
 def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     """Every TensorProto a graph carries: initializers, sparse values, node attributes, subgraphs."""
     yield from graph.initializer
