@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 
 from fp_onnx.errors import BadOptionError
-from fp_onnx.procfs import proc_field
 from fp_onnx.loading import PROTOBUF_LIMIT
+from fp_onnx.procfs import proc_field
 
 
 def prepare_output_dir(path: str | os.PathLike) -> Path:

@@ -122,7 +122,7 @@ def render_html(report: dict, plots: dict[str, Path]) -> str:
     defense, prune = report["defense"], report["defense"]["prune"]
     point = report["prune_point"]
     method = defense.get("method") or {}
-    attempts = "; ".join(f"{a['recipe']} ({a.get('channels_pruned', prune['channels_pruned'])} channels pruned): "
+    attempts = "; ".join(f"{a['recipe']} ({a['channels_pruned']} channels pruned): "
                          f"{'below the floor' if a['below_floor'] else 'kept'}"
                          for a in method.get("recover_attempts", []))
     summary = (f"Method <code>{html.escape(str(method.get('name', 'paper')))}</code>: ranked by "
