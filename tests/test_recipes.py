@@ -18,7 +18,7 @@ from fp_onnx.methods import METHODS, defense_config, resolve_method
 from fp_onnx.prune import StopRule, prune_defense
 from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.recipes import RECIPES, TrainingBatch, TrainingPlan, register_recipe
-from fp_onnx.recipes.adversarial import data_radius, universal_perturbation
+from fp_onnx.recipes.adversarial import balance_factor, data_radius, universal_perturbation
 from fp_onnx.recipes.feature_shift import reinitialise_head
 from fp_onnx.recipes.head import classifier_parameters
 from fp_onnx.recipes.sharpness import sharpness_aware_step
@@ -83,6 +83,18 @@ def test_universal_perturbation_is_shared_and_bounded(data):
     after = torch.nn.functional.cross_entropy(module(batch_x + delta), batch.y)
     assert float(after) > float(before)  # it raises the clean loss, as the inner maximisation must
     assert all(p.grad is None for p in module.parameters())  # and leaves the weights' gradients alone
+
+
+def test_balance_factor_caps_the_term_gradient_at_the_clean_one():
+    weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    clean = (weight ** 2).sum()  # gradient (2, 4)
+    steep = 100.0 * weight.sum()  # gradient (100, 100): pulls ~32x harder than the clean loss
+    factor = balance_factor(steep, clean, [weight])
+    assert factor == pytest.approx(math.sqrt(20.0) / math.sqrt(20000.0))
+    (gradient,) = torch.autograd.grad(steep * factor, [weight])
+    assert float(gradient.norm()) == pytest.approx(math.sqrt(20.0))  # now as long as the clean gradient
+    assert balance_factor(0.01 * weight.sum(), clean, [weight]) == 1.0  # a weaker term is left as it is
+    assert weight.grad is None  # measured without touching .grad: the training step backpropagates afterwards
 
 
 def test_sharpness_aware_step_takes_the_gradient_at_the_perturbed_weights():
