@@ -33,7 +33,7 @@ trigger is inside the radius), the perturbed loss starts in the hundreds and its
 gradient is ~100x the clean one: every step then follows the unlearning direction
 alone, and clean accuracy is spent before the backdoor is gone (gtsrb_blended and
 faces_badnets collapsed to 0.16 and 0.09). Capped, clean learning keeps a say in each
-step (measured in docs/decisions.md, "Balanced unlearning").
+step (measured in docs/decisions.md, bullet `adversarial-balanced`).
 """
 from __future__ import annotations
 
