@@ -81,7 +81,7 @@ def test_universal_perturbation_is_shared_and_bounded(data):
     assert delta.shape == batch_x.shape[1:] and float(delta.norm()) <= radius * (1 + 1e-5)
     before = torch.nn.functional.cross_entropy(module(batch_x), batch.y)
     after = torch.nn.functional.cross_entropy(module(batch_x + delta), batch.y)
-    assert float(after) > float(before)  # it raises the clean loss, as the inner maximisation must
+    assert float(after.detach()) > float(before.detach())  # it raises the clean loss, as the inner maximisation must
     assert all(p.grad is None for p in module.parameters())  # and leaves the weights' gradients alone
 
 
