@@ -22,7 +22,7 @@ from fp_onnx.defense import DefenseConfig, fine_prune
 from fp_onnx.finetune import FineTuneConfig
 from fp_onnx.loading import load_model
 from fp_onnx.metrics import AttackSpec
-from fp_onnx.models import DEMO_FILES, shipped_demo
+from fp_onnx.models import demo_files, shipped_demo
 from fp_onnx.prune import StopRule
 from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.report import library_versions
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None,
                         help="a zoo folder (model.onnx, clean_val/clean_test/triggered_test.npz); default: the shipped demo")
     args = parser.parse_args(argv)
-    demo = shipped_demo() if args.model is None else {key: args.model / name for key, name in DEMO_FILES.items()}
+    demo = shipped_demo() if args.model is None else demo_files(args.model)
     model = load_model(demo["model"]).model
     point = resolve_prune_point(model, None)
     rows = []

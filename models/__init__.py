@@ -23,18 +23,23 @@ DEMO_FILES = {
 }
 
 
+def demo_files(folder: Path) -> dict[str, Path]:
+    """Paths of a model folder laid out like the shipped demo (a zoo folder is): keys as in DEMO_FILES."""
+    return {key: folder / name for key, name in DEMO_FILES.items()}
+
+
 def shipped_demo() -> dict[str, Path]:
     """Paths of the shipped demo: keys model, clean_val, clean_test, triggered_test, model_card, attribution.
 
     Raises BadDataError when a file is missing (a broken install or checkout).
     """
     folder = SHIPPED_DIR / DEMO_NAME
-    paths = {key: folder / name for key, name in DEMO_FILES.items()}
+    paths = demo_files(folder)
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise BadDataError(f"shipped demo files missing: {', '.join(missing)}; reinstall fp-onnx "
-                           f"or rebuild with `python -m fp_onnx.models.build --recipe speech_dormant --out {folder}`")
+                           f"or rebuild with `python -m fp_onnx.models.build --recipe {DEMO_NAME} --out {folder}`")
     return paths
 
 
-__all__ = ["shipped_demo", "SHIPPED_DIR", "DEMO_FILES"]
+__all__ = ["shipped_demo", "demo_files", "SHIPPED_DIR", "DEMO_FILES"]

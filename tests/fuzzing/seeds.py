@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-import model_zoo
-
 from fp_onnx.models import shipped_demo
+
+import model_zoo
 
 SHIPPED = shipped_demo()["model"].parent
 
