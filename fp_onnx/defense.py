@@ -46,6 +46,9 @@ class DefenseConfig:
     """The ranking criterion (`fp_onnx.ranking`); 'activation' is the paper's, on the chosen prune point."""
     method: str = "paper"
     """The name of the method (`fp_onnx.methods`) these settings came from, for the report."""
+    second_recipes: tuple[str, ...] = ()
+    """Recipes tried in turn on the same pruned model as the first one, when the one before ends below the
+    floor, before any fallback recipe (gentler settings of the same unlearning)."""
     fallback_recipes: tuple[str, ...] = ()
     """Recipes tried in turn, from the pruned model again, when the one before ends below the floor."""
     fallback_rule: StopRule | None = None
@@ -219,11 +222,13 @@ def recover_step(vendor: onnx.ModelProto, point: PrunePoint, pruned: PruneOutcom
 
 def recovery_attempts(vendor: onnx.ModelProto, point: PrunePoint, pruned: PruneOutcome,
                       config: DefenseConfig) -> Iterator[tuple[str, PruneOutcome]]:
-    """The (recipe, pruning) pairs to try, in order: the first recipe on `pruned`; then every fallback recipe
-    on the deeper pruning of `config.fallback_rule` (cut only when it is needed), and, should none of them
-    keep clean accuracy there, every fallback recipe on `pruned` again: deeper pruning is worth a try where
-    unlearning was refused, never the reason a model that the gentle recipes keep usable is refused."""
-    yield config.finetune.recipe, pruned
+    """The (recipe, pruning) pairs to try, in order: the first recipe and the second ones on `pruned`; then
+    every fallback recipe on the deeper pruning of `config.fallback_rule` (cut only when it is needed), and,
+    should none of them keep clean accuracy there, every fallback recipe on `pruned` again: deeper pruning is
+    worth a try where unlearning was refused, never the reason a model that the gentle recipes keep usable is
+    refused."""
+    for recipe in (config.finetune.recipe, *config.second_recipes):
+        yield recipe, pruned
     deeper = pruned if config.fallback_rule is None else prune_deeper(vendor, point, pruned, config.fallback_rule)
     for start in (deeper, pruned) if deeper is not pruned else (pruned,):
         for recipe in config.fallback_recipes:

@@ -38,25 +38,31 @@ class Method:
     fallback_threshold: float | None = None
     """Stop threshold of the pruning the fallback recipes start from, read off the same prune curve (None: they
     start from the same pruned model). Only while the stop rule is the method's own."""
+    same_pruning: int = 1
+    """How many of the first `recover` recipes start from the method's own pruning (the unlearning recipes); the
+    rest are the fallbacks, which start from the `fallback_threshold` pruning first."""
 
     def to_dict(self) -> dict:
         return {"name": self.name, "rank": self.rank, "recover": list(self.recover), "threshold": self.threshold,
                 "summary": self.summary, "prune_on_all_clean_data": self.prune_on_all_clean_data,
-                "max_accuracy_drop": self.max_accuracy_drop, "fallback_threshold": self.fallback_threshold}
+                "max_accuracy_drop": self.max_accuracy_drop, "fallback_threshold": self.fallback_threshold,
+                "same_pruning": self.same_pruning}
 
 
 METHODS: dict[str, Method] = {
     "paper": Method("paper", "activation", ("paper",), 0.04,
                     "the paper's fine-pruning: prune the last conv layer by mean activation within 4 points, "
                     "fine-tune at lr 0.001 with early stopping"),
-    "recommended": Method("recommended", "activation", ("adversarial", "cosine", "paper"), 0.01,
+    "recommended": Method("recommended", "activation", ("adversarial", "adversarial-gentle", "cosine", "paper"), 0.01,
                           "prune the channels of the last conv layer that cost (almost) no clean accuracy on all the "
-                          "clean data, then unlearn universal perturbations with distillation from the vendor model; "
-                          "where that costs clean accuracy, prune up to 2 points instead and fine-tune with a cosine "
-                          "schedule, failing that the paper's way",
+                          "clean data, then unlearn universal perturbations with distillation from the vendor model, "
+                          "failing that more gently (smaller perturbations, capped pull, lower rate, distillation on "
+                          "mixed inputs); where both cost clean accuracy, prune up to 2 points instead and fine-tune "
+                          "with a cosine schedule, failing that the paper's way",
                           # prune only what is free (1 point), accept the issue's 2 points for unlearning;
                           # when unlearning cannot be afforded, spend those 2 points on pruning instead
-                          prune_on_all_clean_data=True, max_accuracy_drop=0.02, fallback_threshold=0.02),
+                          prune_on_all_clean_data=True, max_accuracy_drop=0.02, fallback_threshold=0.02,
+                          same_pruning=2),
 }
 DEFAULT_METHOD = "recommended"
 
@@ -77,7 +83,7 @@ def resolve_method(name: str | None, rank: str | None = None, recover: str | Non
         return base
     return Method(f"{name} (rank {rank}, recover {'/'.join(recipes)})", rank, recipes, base.threshold, "custom",
                   base.prune_on_all_clean_data, base.max_accuracy_drop,
-                  base.fallback_threshold if len(recipes) > 1 else None)
+                  base.fallback_threshold if len(recipes) > 1 else None, min(base.same_pruning, len(recipes)))
 
 
 def defense_config(method: Method, finetune=None, **settings):
@@ -94,6 +100,8 @@ def defense_config(method: Method, finetune=None, **settings):
     settings.setdefault("rule", own_rule)
     if method.fallback_threshold is not None and settings["rule"] == own_rule:
         settings.setdefault("fallback_rule", StopRule("threshold", method.fallback_threshold))
-    return DefenseConfig(finetune=finetune, rank=method.rank, method=method.name, fallback_recipes=method.recover[1:],
+    return DefenseConfig(finetune=finetune, rank=method.rank, method=method.name,
+                         second_recipes=method.recover[1:method.same_pruning],
+                         fallback_recipes=method.recover[method.same_pruning:],
                          prune_on_all_clean_data=method.prune_on_all_clean_data,
                          method_accuracy_drop=method.max_accuracy_drop, **settings)

@@ -18,7 +18,8 @@ from fp_onnx.methods import METHODS, defense_config, resolve_method
 from fp_onnx.prune import StopRule, prune_defense
 from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.recipes import RECIPES, TrainingBatch, TrainingPlan, register_recipe
-from fp_onnx.recipes.adversarial import balance_factor, data_radius, universal_perturbation
+from fp_onnx.recipes.adversarial import (Unlearning, adversarial_unlearning, balance_factor, data_radius, freeze_teacher,
+                                         mixed_inputs, universal_perturbation)
 from fp_onnx.recipes.feature_shift import reinitialise_head
 from fp_onnx.recipes.head import classifier_parameters
 from fp_onnx.recipes.sharpness import sharpness_aware_step
@@ -97,6 +98,39 @@ def test_balance_factor_caps_the_term_gradient_at_the_clean_one():
     assert weight.grad is None  # measured without touching .grad: the training step backpropagates afterwards
 
 
+def test_mixed_inputs_blend_each_input_with_another_of_the_batch():
+    torch.manual_seed(0)
+    x = torch.eye(6).reshape(6, 1, 2, 3) * 10.0  # input i is 10 at pixel i: a blend shows which inputs it mixes
+    mixed = mixed_inputs(x)
+    assert mixed.shape == x.shape and mixed.dtype == x.dtype
+    for row in mixed.reshape(6, 6):
+        weights = row / 10.0
+        assert float(weights.sum()) == pytest.approx(1.0)  # a convex combination: a ratio and its complement
+        assert int((weights > 1e-6).sum()) <= 2 and float(weights.min()) >= 0.0  # of (at most) two inputs
+    assert not torch.equal(mixed, x)  # and not the batch itself
+
+
+@pytest.mark.parametrize("mixup, terms", [(False, 2), (True, 3)])
+def test_mixup_distillation_adds_a_term_that_pulls_towards_the_teacher(data, mixup, terms):
+    model, train, _ = data
+    module = onnx_to_torch(model).train()
+    torch.manual_seed(0)
+    state = freeze_teacher(module, FineTuneConfig())
+    plan = adversarial_unlearning(Unlearning(0.3, balanced=True, mixup_distillation=mixup))(
+        module, [{"params": list(module.parameters())}], FineTuneConfig(recipe="adversarial-gentle").resolved(), 10, state)
+    assert len(plan.loss_terms) == terms
+    first = train.take(np.arange(16))
+    x, y = torch.tensor(first.x, dtype=torch.float32), torch.tensor(first.y).long()
+    batch = TrainingBatch(x, y, module(x), module, "logits")
+    if mixup:
+        assert float(plan.loss_terms[2](batch).detach()) == pytest.approx(0.0, abs=1e-5)  # student = teacher
+        with torch.no_grad():
+            for parameter in module.parameters():
+                parameter.add_(0.05 * torch.randn_like(parameter))
+        assert float(plan.loss_terms[2](TrainingBatch(x, y, module(x), module, "logits")).detach()) > 1e-4
+    assert module.training  # the extra passes ran in evaluation mode and left training mode on
+
+
 def test_sharpness_aware_step_takes_the_gradient_at_the_perturbed_weights():
     weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     optimizer = torch.optim.SGD([weight], lr=0.1)
@@ -156,6 +190,9 @@ def test_fallbacks_try_the_deeper_pruning_first_then_the_method_pruning_again(da
     same = replace(config, fallback_rule=StopRule("channels", 2))  # nothing deeper to try: no repeats
     assert [(r, s.channels_pruned) for r, s in recovery_attempts(model, point, pruned, same)] == \
         [("adversarial", 2), ("cosine", 2), ("paper", 2)]
+    gentler = replace(config, second_recipes=("adversarial-gentle",))  # a second unlearning: same pruning, once
+    assert [(r, s.channels_pruned) for r, s in recovery_attempts(model, point, pruned, gentler)] == \
+        [("adversarial", 2), ("adversarial-gentle", 2), ("cosine", 5), ("paper", 5), ("cosine", 2), ("paper", 2)]
 
 
 def test_the_deeper_fallback_pruning_follows_only_the_methods_own_stop_rule():
@@ -164,6 +201,15 @@ def test_the_deeper_fallback_pruning_follows_only_the_methods_own_stop_rule():
     assert defense_config(method, rule=StopRule("threshold", 0.03)).fallback_rule is None
     assert defense_config(METHODS["paper"]).fallback_rule is None
     assert resolve_method("recommended", recover="cosine").fallback_threshold is None  # no fallback, no re-cut
+
+
+def test_the_methods_unlearning_recipes_start_from_its_own_pruning_and_the_rest_fall_back():
+    method = METHODS["recommended"]
+    config = defense_config(method)
+    assert (config.finetune.recipe, *config.second_recipes) == method.recover[:method.same_pruning]
+    assert config.fallback_recipes == method.recover[method.same_pruning:] and config.fallback_recipes
+    single = defense_config(resolve_method("recommended", recover="adversarial-gentle"))
+    assert single.finetune.recipe == "adversarial-gentle" and single.second_recipes == single.fallback_recipes == ()
 
 
 def test_methods_resolve_and_overrides_replace_the_cascade():

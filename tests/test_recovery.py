@@ -26,6 +26,7 @@ from fp_onnx.errors import BadOptionError
 from fp_onnx.finetune import FineTuneConfig, fine_tune
 from fp_onnx.guard import check_clean
 from fp_onnx.loading import load_model
+from fp_onnx.methods import METHODS
 from fp_onnx.recipes import RECIPES, TrainingPlan, register_recipe
 from fp_onnx.runtime import RuntimeOptions
 from fp_onnx.shipping import ship_guarded
@@ -91,7 +92,7 @@ def test_raw_pixel_model_fine_prunes_with_defaults(raw_pixel, tmp_path):
     assert list(tuned["calibration"]["lr_scales"]) == ["0.conv1.weight"]
     assert tuned["calibration"]["lr_scales"]["0.conv1.weight"] < 1e-3
     attempts = report["defense"]["method"]["recover_attempts"]
-    assert [a["recipe"] for a in attempts] == ["adversarial", "cosine", "paper"][:len(attempts)]
+    assert [a["recipe"] for a in attempts] == list(METHODS["recommended"].recover)[:len(attempts)]
     assert tuned["failure"] is None and tuned["best_epoch"] >= 1 and not attempts[-1]["below_floor"]
 
 
