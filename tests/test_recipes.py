@@ -131,6 +131,26 @@ def test_mixup_distillation_adds_a_term_that_pulls_towards_the_teacher(data, mix
     assert module.training  # the extra passes ran in evaluation mode and left training mode on
 
 
+def test_gentle_unlearning_distils_the_pruned_model_and_plain_unlearning_the_vendor(data):
+    """The gentle recipe's teacher is the start (pruned) model even when the vendor's is offered: distilling the
+    vendor there restored a backdoor pruning had removed. The plain recipe keeps the vendor's clean outputs."""
+    model, train, _ = data
+    start = onnx_to_torch(model).eval()
+    vendor = onnx_to_torch(model).eval()
+    with torch.no_grad():
+        for parameter in vendor.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    x = torch.tensor(train.take(np.arange(8)).x, dtype=torch.float32)
+    config = FineTuneConfig()
+    gentle = RECIPES["adversarial-gentle"].prepare(start, config, vendor).teacher
+    plain = RECIPES["adversarial"].prepare(start, config, vendor).teacher
+    with torch.no_grad():
+        torch.testing.assert_close(gentle(x), start(x))
+        torch.testing.assert_close(plain(x), vendor(x))
+    assert gentle is not start  # a frozen copy: training the student leaves it where it was
+    assert not any(parameter.requires_grad for parameter in gentle.parameters())
+
+
 def test_sharpness_aware_step_takes_the_gradient_at_the_perturbed_weights():
     weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     optimizer = torch.optim.SGD([weight], lr=0.1)
