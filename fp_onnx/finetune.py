@@ -235,7 +235,8 @@ def fine_tune(
     recipe = find_recipe(config.recipe)
     prepared = None
     if recipe.prepare is not None:
-        teacher = onnx_to_torch(_trainable_graph(reference)[0]).to(device) if reference is not None else None
+        vendor = reference if recipe.uses_reference else None
+        teacher = onnx_to_torch(_trainable_graph(vendor)[0]).to(device) if vendor is not None else None
         prepared = recipe.prepare(module, config, teacher)
     steps = math.ceil(len(context.shard(np.arange(len(train)))) / config.batch_size)
     trainer = Trainer(module, kind, config, device, context, steps, prepared)

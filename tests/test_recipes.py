@@ -124,9 +124,7 @@ def test_mixup_distillation_adds_a_term_that_pulls_towards_the_teacher(data, mix
     batch = TrainingBatch(x, y, module(x), module, "logits")
     if mixup:
         assert float(plan.loss_terms[2](batch).detach()) == pytest.approx(0.0, abs=1e-5)  # student = teacher
-        with torch.no_grad():
-            for parameter in module.parameters():
-                parameter.add_(0.05 * torch.randn_like(parameter))
+        perturb_parameters(module)
         assert float(plan.loss_terms[2](TrainingBatch(x, y, module(x), module, "logits")).detach()) > 1e-4
     assert module.training  # the extra passes ran in evaluation mode and left training mode on
 
@@ -136,10 +134,7 @@ def test_gentle_unlearning_distils_the_pruned_model_and_plain_unlearning_the_ven
     vendor there restored a backdoor pruning had removed. The plain recipe keeps the vendor's clean outputs."""
     model, train, _ = data
     start = onnx_to_torch(model).eval()
-    vendor = onnx_to_torch(model).eval()
-    with torch.no_grad():
-        for parameter in vendor.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+    vendor = perturb_parameters(onnx_to_torch(model).eval())
     x = torch.tensor(train.take(np.arange(8)).x, dtype=torch.float32)
     config = FineTuneConfig()
     gentle = RECIPES["adversarial-gentle"].prepare(start, config, vendor).teacher
@@ -149,6 +144,32 @@ def test_gentle_unlearning_distils_the_pruned_model_and_plain_unlearning_the_ven
         torch.testing.assert_close(plain(x), vendor(x))
     assert gentle is not start  # a frozen copy: training the student leaves it where it was
     assert not any(parameter.requires_grad for parameter in gentle.parameters())
+
+
+@pytest.mark.parametrize("recipe", ["adversarial", "adversarial-gentle", "fst", "paper"])
+def test_only_a_recipe_that_reads_the_vendor_model_gets_it_converted(data, monkeypatch, recipe):
+    """Converting the vendor's unpruned model (and moving it to the GPU) is work and memory a recipe that keeps no
+    vendor teacher would throw away; fine-pruning offers the reference to every recipe."""
+    import fp_onnx.finetune as finetune_module
+    model, train, val = data
+    converted = []
+
+    def counting(graph, *args, **kwargs):
+        converted.append(graph)
+        return onnx_to_torch(graph, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "onnx_to_torch", counting)
+    fine_tune(model, train, val, FineTuneConfig(device="cpu", recipe=recipe, epochs=1), reference=model)
+    assert len(converted) == (2 if RECIPES[recipe].uses_reference else 1)
+    assert RECIPES[recipe].uses_reference == (recipe == "adversarial")
+
+
+def perturb_parameters(module: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:
+    """`module` with noise added to every parameter in place: a model near it whose outputs differ."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(scale * torch.randn_like(parameter))
+    return module
 
 
 def test_sharpness_aware_step_takes_the_gradient_at_the_perturbed_weights():

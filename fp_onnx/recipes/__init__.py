@@ -7,7 +7,10 @@ the same way for every recipe. The seam between the two:
 
 * `prepare(module, config, reference)` runs once, before calibration: one-time changes
   to the model (re-initialising the classifier for feature-shift tuning) and what later
-  steps need to remember (the original classifier, the reference model as a teacher);
+  steps need to remember (the original classifier, the reference model as a teacher).
+  Only a recipe registered with `uses_reference=True` is given the reference (the
+  vendor's unpruned model, converted to torch and moved to the device: work and memory
+  the others would throw away); the others get None;
 * `build(module, groups, config, steps_per_epoch, prepared)` returns a `TrainingPlan`:
   the optimizer over the given parameter groups (each with its learning rate already
   set: layer-wise scaling and back-off happen in the loop), an optional per-step
@@ -83,17 +86,21 @@ class Recipe:
     defaults: dict = field(default_factory=dict)
     """Measured settings: lr, epochs, patience (None: fixed budget), keep, weight_decay, ..."""
     summary: str = ""
+    uses_reference: bool = False
+    """`prepare` reads the vendor's unpruned model (a teacher): only then is it converted and handed over."""
 
 
 RECIPES: dict[str, Recipe] = {}
 
 
 def register_recipe(name: str, *, defaults: dict | None = None, prepare: Prepare | None = None,
-                    summary: str = "", replace: bool = False) -> Callable[[Build], Build]:
+                    summary: str = "", uses_reference: bool = False,
+                    replace: bool = False) -> Callable[[Build], Build]:
     """Register `build` as the recipe `name`; refuses to silently replace an existing one unless `replace`."""
 
     def add(build: Build) -> Build:
-        recipe = Recipe(name, build, prepare, dict(defaults or {}), summary or (build.__doc__ or "").strip())
+        recipe = Recipe(name, build, prepare, dict(defaults or {}), summary or (build.__doc__ or "").strip(),
+                        uses_reference)
         register(RECIPES, [name], recipe, replace=replace, what="a fine-tuning recipe")
         return build
 

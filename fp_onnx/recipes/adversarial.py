@@ -229,14 +229,14 @@ def _distillation(teacher: torch.nn.Module, x: torch.Tensor, scores: torch.Tenso
     return KD_WEIGHT * KD_TEMPERATURE ** 2 * F.kl_div(student, target, reduction="batchmean")
 
 
-register_recipe("adversarial", prepare=freeze_teacher, defaults=ADVERSARIAL_DEFAULTS,
+register_recipe("adversarial", prepare=freeze_teacher, uses_reference=True, defaults=ADVERSARIAL_DEFAULTS,
                 summary="adversarial unlearning of universal perturbations (I-BAU-style) with distillation "
                         "from the vendor model, cosine schedule")(adversarial_unlearning(Unlearning()))
-register_recipe("adversarial-small", prepare=freeze_teacher, defaults=ADVERSARIAL_DEFAULTS,
+register_recipe("adversarial-small", prepare=freeze_teacher, uses_reference=True, defaults=ADVERSARIAL_DEFAULTS,
                 summary=f"adversarial unlearning with perturbations {SMALL_UAP_RADIUS:g}x as large: for models "
                         "whose clean accuracy the full radius costs (small triggers on images)"
                 )(adversarial_unlearning(Unlearning(SMALL_UAP_RADIUS)))
-register_recipe("adversarial-balanced", prepare=freeze_teacher, defaults=ADVERSARIAL_DEFAULTS,
+register_recipe("adversarial-balanced", prepare=freeze_teacher, uses_reference=True, defaults=ADVERSARIAL_DEFAULTS,
                 summary="adversarial unlearning whose perturbation term pulls at most as hard as the clean loss "
                         "(gradient-norm cap): for models the plain recipe collapses (image-wide triggers)"
                 )(adversarial_unlearning(Unlearning(balanced=True)))
