@@ -95,6 +95,11 @@ class OnnxGraphModule(torch.nn.Module):
         """Every tensor a node computes (what `add_tensor_hook` accepts)."""
         return {name for step in self._steps for name in step.node.outputs if name}
 
+    def outputs_of(self, op_type: str) -> list[str]:
+        """The first output of every node of `op_type`, in execution order (e.g. every Conv's result, whose
+        channel axis the ONNX spec fixes at 1, whatever the vendor's layout elsewhere)."""
+        return [step.node.outputs[0] for step in self._steps if step.node.op_type == op_type and step.node.outputs]
+
     def add_tensor_hook(self, name: str, hook) -> "TensorHookHandle":
         """Call `hook(value) -> value` on tensor `name` right after the node computing it, so later nodes
         read what it returns. Criteria use this to put per-channel masks on prune points (the torch

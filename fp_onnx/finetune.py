@@ -157,6 +157,8 @@ class FineTuneResult:
     """The problem training ended on with recoveries spent (or off): a divergence, or ending below the floor."""
     final_lr: float = 0.0
     calibration: dict = field(default_factory=dict)
+    teacher: dict | None = None
+    """For a recipe that trains its teacher first: which recipe, how it ended, how long it took."""
 
     def to_dict(self) -> dict:
         return {
@@ -170,6 +172,7 @@ class FineTuneResult:
             "recoveries": self.recoveries,
             "final_lr": self.final_lr,
             "calibration": {key: _json_number(value) for key, value in self.calibration.items()},
+            "teacher": self.teacher,
             "history": self.history,
         }
 
@@ -233,14 +236,14 @@ def fine_tune(
     if config.noise:
         add_weight_noise(module, config.noise, config.seed)
     recipe = find_recipe(config.recipe)
+    result = FineTuneResult(model=model, device=device.type, config=asdict(config))
     prepared = None
     if recipe.prepare is not None:
-        vendor = reference if recipe.uses_reference else None
-        teacher = onnx_to_torch(_trainable_graph(vendor)[0]).to(device) if vendor is not None else None
+        source = _teacher_source(recipe, model, reference, train, val, config, progress, result)
+        teacher = onnx_to_torch(_trainable_graph(source)[0]).to(device) if source is not None else None
         prepared = recipe.prepare(module, config, teacher)
     steps = math.ceil(len(context.shard(np.arange(len(train)))) / config.batch_size)
     trainer = Trainer(module, kind, config, device, context, steps, prepared)
-    result = FineTuneResult(model=model, device=device.type, config=asdict(config))
     start = trainer.evaluate(val)
     result.initial_val_accuracy = start.accuracy
     calibration = trainer.calibrate(train)
@@ -252,6 +255,22 @@ def fine_tune(
     result.model = write_back(model, module.cpu())
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _teacher_source(recipe, model: onnx.ModelProto, reference: onnx.ModelProto | None, train: Dataset,
+                    val: Dataset, config: FineTuneConfig, progress: bool,
+                    result: FineTuneResult) -> onnx.ModelProto | None:
+    """The model a recipe's `prepare` gets as its reference: the vendor's, a teacher fine-tuned from `model` by the
+    recipe's `teacher_recipe` (with that recipe's own settings but the run's epoch budget, device, seed and batch
+    size), or None."""
+    if recipe.teacher_recipe is not None:
+        own = {name: None for name in _FALLBACKS if name != "epochs"}
+        settings = replace(config, recipe=recipe.teacher_recipe, **own)
+        teacher = fine_tune(model, train, val, settings, progress=progress)
+        result.teacher = {"recipe": recipe.teacher_recipe, "best_val_accuracy": teacher.best_val_accuracy,
+                          "failure": teacher.failure, "seconds": teacher.seconds}
+        return teacher.model
+    return reference if recipe.uses_reference else None
 
 
 def _classes(model: onnx.ModelProto) -> int:

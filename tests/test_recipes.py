@@ -20,6 +20,7 @@ from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.recipes import RECIPES, TrainingBatch, TrainingPlan, register_recipe
 from fp_onnx.recipes.adversarial import (Unlearning, adversarial_unlearning, balance_factor, data_radius, freeze_teacher,
                                          mixed_inputs, universal_perturbation)
+from fp_onnx.recipes.attention import attention_distillation, attention_map, prepare_attention_teacher
 from fp_onnx.recipes.feature_shift import reinitialise_head
 from fp_onnx.recipes.head import classifier_parameters
 from fp_onnx.recipes.sharpness import sharpness_aware_step
@@ -162,6 +163,61 @@ def test_only_a_recipe_that_reads_the_vendor_model_gets_it_converted(data, monke
     fine_tune(model, train, val, FineTuneConfig(device="cpu", recipe=recipe, epochs=1), reference=model)
     assert len(converted) == (2 if RECIPES[recipe].uses_reference else 1)
     assert RECIPES[recipe].uses_reference == (recipe == "adversarial")
+
+
+def test_attention_map_is_unit_length_energy_over_channels():
+    features = torch.rand(2, 5, 3, 4)
+    maps = attention_map(features)
+    assert maps.shape == (2, 12)
+    torch.testing.assert_close(maps.norm(dim=1), torch.ones(2))
+    torch.testing.assert_close(attention_map(features[:, torch.randperm(5)]), maps)  # channel order is irrelevant
+    torch.testing.assert_close(attention_map(3.0 * features), maps)  # so is the overall scale
+    assert int(maps[0].argmax()) == int(features[0].pow(2).mean(0).flatten().argmax())
+
+
+def test_attention_distillation_pulls_the_students_maps_at_the_last_convolutions_to_the_teachers(data):
+    model, train, _ = data
+    student = onnx_to_torch(model).eval()
+    first = train.take(np.arange(16))
+    x, y = torch.tensor(first.x, dtype=torch.float32), torch.tensor(first.y).long()
+    same = prepare_attention_teacher(student, FineTuneConfig(), onnx_to_torch(model))
+    assert same.layers == tuple(student.outputs_of("Conv")[-3:]) and len(same.layers) >= 2
+    assert float(attention_distillation(same, TrainingBatch(x, y, student(x), student, "logits")).detach()) < 1e-9
+    other = onnx_to_torch(model).eval()
+    moved = prepare_attention_teacher(other, FineTuneConfig(), perturb_parameters(onnx_to_torch(model), 0.3))
+    term = attention_distillation(moved, TrainingBatch(x, y, other(x), other, "logits"))
+    assert float(term.detach()) > 0
+    term.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in other.parameters())
+    assert not any(p.requires_grad for p in moved.teacher.parameters())
+
+
+def test_attention_distillation_trains_its_teacher_first_with_the_runs_budget(data, monkeypatch):
+    import fp_onnx.finetune as finetune_module
+    model, train, val = data
+    calls = []
+    original = finetune_module.fine_tune
+
+    def recording(model, train, val, config, **kwargs):
+        calls.append((config.recipe, config.epochs))
+        return original(model, train, val, config, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "fine_tune", recording)
+    tuned = finetune_module.fine_tune(model, train, val, FineTuneConfig(device="cpu", recipe="nad", epochs=2))
+    assert calls == [("nad", 2), ("cosine", 2)]
+    assert tuned.teacher["recipe"] == "cosine" and tuned.to_dict()["teacher"]["failure"] is None
+    assert tuned.failure is None and tuned.history[-1]["epoch"] == 2
+
+
+def test_attention_distillation_refuses_a_model_without_convolutions():
+    from onnx import TensorProto, helper, numpy_helper
+    weight = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"])], "mlp",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], [weight])
+    mlp = onnx_to_torch(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    with pytest.raises(BadOptionError, match="no Conv node"):
+        prepare_attention_teacher(mlp, FineTuneConfig(), None)
 
 
 def perturb_parameters(module: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:

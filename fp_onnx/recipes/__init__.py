@@ -10,7 +10,9 @@ the same way for every recipe. The seam between the two:
   steps need to remember (the original classifier, the reference model as a teacher).
   Only a recipe registered with `uses_reference=True` is given the reference (the
   vendor's unpruned model, converted to torch and moved to the device: work and memory
-  the others would throw away); the others get None;
+  the others would throw away); one registered with `teacher_recipe=NAME` is given
+  the start model fine-tuned by that recipe first instead (a teacher trained on the
+  same clean data, as attention distillation needs); the others get None;
 * `build(module, groups, config, steps_per_epoch, prepared)` returns a `TrainingPlan`:
   the optimizer over the given parameter groups (each with its learning rate already
   set: layer-wise scaling and back-off happen in the loop), an optional per-step
@@ -88,19 +90,21 @@ class Recipe:
     summary: str = ""
     uses_reference: bool = False
     """`prepare` reads the vendor's unpruned model (a teacher): only then is it converted and handed over."""
+    teacher_recipe: str | None = None
+    """Fine-tune the start model with this recipe first and hand the result to `prepare` as its reference."""
 
 
 RECIPES: dict[str, Recipe] = {}
 
 
 def register_recipe(name: str, *, defaults: dict | None = None, prepare: Prepare | None = None,
-                    summary: str = "", uses_reference: bool = False,
+                    summary: str = "", uses_reference: bool = False, teacher_recipe: str | None = None,
                     replace: bool = False) -> Callable[[Build], Build]:
     """Register `build` as the recipe `name`; refuses to silently replace an existing one unless `replace`."""
 
     def add(build: Build) -> Build:
         recipe = Recipe(name, build, prepare, dict(defaults or {}), summary or (build.__doc__ or "").strip(),
-                        uses_reference)
+                        uses_reference, teacher_recipe)
         register(RECIPES, [name], recipe, replace=replace, what="a fine-tuning recipe")
         return build
 
@@ -119,7 +123,7 @@ def sgd_or_adam(groups: list[dict], config: "FineTuneConfig") -> torch.optim.Opt
 
 
 # Registration happens on import of the recipe modules.
-from fp_onnx.recipes import adversarial, cosine, feature_shift, paper, sharpness  # noqa: E402,F401
+from fp_onnx.recipes import adversarial, attention, cosine, feature_shift, paper, sharpness  # noqa: E402,F401
 
 __all__ = ["KEEP_POLICIES", "RECIPES", "Recipe", "TrainingBatch", "TrainingPlan", "find_recipe", "register_recipe",
            "sgd_or_adam"]
