@@ -18,8 +18,9 @@ Every (model, method, seed) result is cached in bench/results/defense_zoo/ (dele
 to rerun it), so the benchmark can run in pieces. `--seeds N` also runs seeds 1..N-1 (the
 CLI's `--seed`: validation split, ranking and fine-tuning; the defender's clean set stays
 the same sample): the main tables show seed 0, a spread table every cell with more than
-one seed, since on sets of a few hundred samples one seed can mislead. Writes docs/results.md (tables, goals met
-or missed, Fig. 6 curves into docs/figures/) and bench/results/reproduce_paper.json.
+one seed, since on sets of a few hundred samples one seed can mislead. Writes
+docs/results.md (tables, goals met or missed, Fig. 6 curves into docs/figures/) and
+bench/results/reproduce_paper.json.
 """
 from __future__ import annotations
 
