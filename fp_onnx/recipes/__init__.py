@@ -28,6 +28,7 @@ Recipes register with `@register_recipe(name, ...)`; `FineTuneConfig.recipe` (CL
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -122,8 +123,17 @@ def sgd_or_adam(groups: list[dict], config: "FineTuneConfig") -> torch.optim.Opt
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
+def frozen_teacher(module: torch.nn.Module, reference: torch.nn.Module | None) -> torch.nn.Module:
+    """`reference`, or a copy of the start `module` when there is none, in evaluation mode and without gradients:
+    a teacher the student is pulled towards and never moves."""
+    teacher = (reference if reference is not None else copy.deepcopy(module)).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
+
+
 # Registration happens on import of the recipe modules.
 from fp_onnx.recipes import adversarial, attention, cosine, feature_shift, paper, sharpness  # noqa: E402,F401
 
-__all__ = ["KEEP_POLICIES", "RECIPES", "Recipe", "TrainingBatch", "TrainingPlan", "find_recipe", "register_recipe",
-           "sgd_or_adam"]
+__all__ = ["KEEP_POLICIES", "RECIPES", "Recipe", "TrainingBatch", "TrainingPlan", "find_recipe", "frozen_teacher",
+           "register_recipe", "sgd_or_adam"]

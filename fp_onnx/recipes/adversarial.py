@@ -49,13 +49,12 @@ docs/decisions.md, bullet `adversarial-gentle`.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from fp_onnx.recipes import TrainingBatch, TrainingPlan, register_recipe, sgd_or_adam
+from fp_onnx.recipes import TrainingBatch, TrainingPlan, frozen_teacher, register_recipe, sgd_or_adam
 from fp_onnx.recipes.schedule import cosine_schedule
 from fp_onnx.errors import BadOptionError
 from fp_onnx.losses import as_log_probabilities, classification_loss
@@ -80,10 +79,7 @@ def freeze_teacher(module: torch.nn.Module, config, reference: torch.nn.Module |
     """The clean behaviour to keep, frozen: the vendor's unpruned model when given (its clean outputs are
     the best there are; the backdoor only shows on triggered inputs, which distillation never sees), else a
     copy of the start model."""
-    teacher = (reference if reference is not None else copy.deepcopy(module)).eval()
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    return UnlearningState(teacher)
+    return UnlearningState(frozen_teacher(module, reference))
 
 
 def freeze_start_model(module: torch.nn.Module, config, reference: torch.nn.Module | None = None) -> UnlearningState:

@@ -34,14 +34,13 @@ Where this differs from the paper, and why:
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from fp_onnx.errors import BadOptionError
-from fp_onnx.recipes import TrainingBatch, TrainingPlan, register_recipe, sgd_or_adam
+from fp_onnx.recipes import TrainingBatch, TrainingPlan, frozen_teacher, register_recipe, sgd_or_adam
 from fp_onnx.recipes.schedule import cosine_schedule
 
 NAD_TEACHER_RECIPE = "cosine"
@@ -55,12 +54,13 @@ classification loss (the attention-transfer paper's scale)."""
 
 @dataclass
 class AttentionState:
-    """What the recipe keeps between steps: the frozen teacher, the tensors compared, the student's maps of the
-    last forward pass (filled by tensor hooks on the student)."""
+    """What the recipe keeps between steps: the frozen teacher, the tensors compared, and both models' values of
+    those tensors in their last forward pass (filled by tensor hooks)."""
 
     teacher: torch.nn.Module
     layers: tuple[str, ...]
     student_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher_maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def attention_map(features: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,7 @@ def attention_map(features: torch.Tensor) -> torch.Tensor:
 
 def last_convolutions(module: torch.nn.Module, count: int) -> tuple[str, ...]:
     """The outputs of the graph's last `count` Conv nodes: where the attention maps are compared."""
-    outputs = module.outputs_of("Conv") if hasattr(module, "outputs_of") else []
+    outputs = module.outputs_of("Conv")
     if not outputs:
         raise BadOptionError("--recover nad compares the attention maps of convolution layers; this model has "
                              "no Conv node (choose another --recover recipe)")
@@ -82,14 +82,12 @@ def last_convolutions(module: torch.nn.Module, count: int) -> tuple[str, ...]:
 def prepare_attention_teacher(module: torch.nn.Module, config, reference: torch.nn.Module | None = None
                               ) -> AttentionState:
     """Freeze the teacher (the fine-tuned copy fine_tune hands over; the start model when none is given) and
-    hook the student's layers so every forward pass records their maps."""
+    hook both models' layers so every forward pass records their values."""
     layers = last_convolutions(module, NAD_LAYERS)
-    teacher = (reference if reference is not None else copy.deepcopy(module)).eval()
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    state = AttentionState(teacher, layers)
+    state = AttentionState(frozen_teacher(module, reference), layers)
     for name in layers:
         module.add_tensor_hook(name, _recorder(state.student_maps, name))
+        state.teacher.add_tensor_hook(name, _recorder(state.teacher_maps, name))
     return state
 
 
@@ -101,26 +99,14 @@ def _recorder(maps: dict[str, torch.Tensor], name: str):
     return record
 
 
-def teacher_maps(teacher: torch.nn.Module, layers: tuple[str, ...], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The teacher's attention maps on `x` (one forward pass, hooks removed afterwards)."""
-    maps: dict[str, torch.Tensor] = {}
-    handles = [teacher.add_tensor_hook(name, _recorder(maps, name)) for name in layers]
-    try:
-        with torch.no_grad():
-            teacher(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: attention_map(value) for name, value in maps.items()}
-
-
 def attention_distillation(state: AttentionState, batch: TrainingBatch) -> torch.Tensor:
-    """NAD_BETA * sum over the layers of the mean squared difference of the two attention maps."""
-    state.teacher.to(batch.x.device)
-    targets = teacher_maps(state.teacher, state.layers, batch.x)
-    terms = [F.mse_loss(attention_map(state.student_maps[name]), targets[name]) for name in state.layers
-             if name in state.student_maps]
-    return NAD_BETA * torch.stack(terms).sum() if terms else batch.scores.sum() * 0.0
+    """NAD_BETA * sum over the layers of the mean squared difference of the two attention maps on the batch (the
+    student's were recorded by the forward pass that scored it; the teacher runs once here)."""
+    with torch.no_grad():
+        state.teacher(batch.x)
+    terms = [F.mse_loss(attention_map(state.student_maps[name]), attention_map(state.teacher_maps[name]))
+             for name in state.layers]
+    return NAD_BETA * torch.stack(terms).sum()
 
 
 @register_recipe("nad", prepare=prepare_attention_teacher, teacher_recipe=NAD_TEACHER_RECIPE,
@@ -129,6 +115,7 @@ def attention_distillation(state: AttentionState, batch: TrainingBatch) -> torch
                          f"the student's attention maps at the last {NAD_LAYERS} convolutions pulled to the "
                          "teacher's, cosine schedule")
 def attention_recipe(module, groups, config, steps_per_epoch, state: AttentionState) -> TrainingPlan:
+    state.teacher.to(next(module.parameters()).device)
     optimizer = sgd_or_adam(groups, config)
     return TrainingPlan(optimizer, cosine_schedule(optimizer, config.epochs * steps_per_epoch),
                         loss_terms=(lambda batch: attention_distillation(state, batch),))
