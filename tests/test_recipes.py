@@ -23,6 +23,7 @@ from fp_onnx.recipes.adversarial import (Unlearning, adversarial_unlearning, bal
 from fp_onnx.recipes.attention import attention_distillation, attention_map, prepare_attention_teacher
 from fp_onnx.recipes.feature_shift import reinitialise_head
 from fp_onnx.recipes.head import classifier_parameters
+from fp_onnx.recipes.patch import Patch, project_mask, universal_patch
 from fp_onnx.recipes.sharpness import sharpness_aware_step
 
 
@@ -87,6 +88,40 @@ def test_universal_perturbation_is_shared_and_bounded(data):
     assert all(p.grad is None for p in module.parameters())  # and leaves the weights' gradients alone
 
 
+def test_project_mask_keeps_elements_in_range_and_the_total_within_budget():
+    torch.manual_seed(0)
+    mask = torch.randn(3, 8, 8) * 2
+    projected = project_mask(mask, 10.0)
+    assert float(projected.min()) >= 0.0 and float(projected.max()) <= 1.0
+    assert float(projected.sum()) == pytest.approx(10.0, abs=1e-3)  # the budget binds: the raw mask is far over it
+    kept = projected > 0
+    assert float(mask[kept].min()) >= float(mask[~kept].max())  # the largest elements are the ones that stay
+    small = torch.full((4,), 0.1)
+    assert torch.equal(project_mask(small, 10.0), small)  # a mask within its budget is left as it is
+    assert torch.equal(project_mask(torch.tensor([-1.0, 2.0]), 5.0), torch.tensor([0.0, 1.0]))  # only clamped
+
+
+def test_universal_patch_is_shared_within_budget_and_raises_the_loss(data):
+    model, train, _ = data
+    module = onnx_to_torch(model)
+    x = torch.from_numpy(np.asarray(train.take(np.arange(32)).x, dtype=np.float32))
+    y = torch.from_numpy(train.labels[:32]).long()
+    torch.manual_seed(0)
+    patch = universal_patch(module, x, y, "logits", None, area=0.05)
+    assert patch.mask.shape == patch.pattern.shape == x.shape[1:]
+    assert float(patch.mask.sum()) <= 0.05 * x[0].numel() * (1 + 1e-4) and float(patch.mask.min()) >= 0.0
+    assert float(x.min()) <= float(patch.pattern.min()) and float(patch.pattern.max()) <= float(x.max())
+    stamped = patch.stamp(x)
+    assert torch.equal(stamped[:, patch.mask == 0], x[:, patch.mask == 0])  # outside the mask, inputs are untouched
+    before = torch.nn.functional.cross_entropy(module(x), y)
+    after = torch.nn.functional.cross_entropy(module(stamped), y)
+    assert float(after.detach()) > float(before.detach())
+    assert all(p.grad is None for p in module.parameters())
+    again = universal_patch(module, x, y, "logits", patch, area=0.05)  # warm start: the search goes on from there
+    assert isinstance(again, Patch) and not torch.equal(again.mask, patch.mask)
+    assert float(torch.nn.functional.cross_entropy(module(again.stamp(x)), y).detach()) > float(before.detach())
+
+
 def test_balance_factor_caps_the_term_gradient_at_the_clean_one():
     weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     clean = (weight ** 2).sum()  # gradient (2, 4)
@@ -128,6 +163,24 @@ def test_mixup_distillation_adds_a_term_that_pulls_towards_the_teacher(data, mix
         perturb_parameters(module)
         assert float(plan.loss_terms[2](TrainingBatch(x, y, module(x), module, "logits")).detach()) > 1e-4
     assert module.training  # the extra passes ran in evaluation mode and left training mode on
+
+
+def test_patch_recipes_unlearn_a_patch_beside_the_additive_perturbation(data):
+    model, train, _ = data
+    module = onnx_to_torch(model).train()
+    state = freeze_teacher(module, FineTuneConfig())
+    plan = adversarial_unlearning(Unlearning(shapes=("additive", "patch")))(
+        module, [{"params": list(module.parameters())}], FineTuneConfig(recipe="adversarial-patch").resolved(), 10,
+        state)
+    assert len(plan.loss_terms) == 3  # one unlearning term per shape, then distillation
+    first = train.take(np.arange(16))
+    x, y = torch.tensor(first.x, dtype=torch.float32), torch.tensor(first.y).long()
+    batch = TrainingBatch(x, y, module(x), module, "logits")
+    additive, patch = (float(term(batch).detach()) for term in plan.loss_terms[:2])
+    clean = float(torch.nn.functional.cross_entropy(batch.scores, y).detach())
+    assert additive > clean and patch > clean  # each term is the loss under a perturbation that raises it
+    assert isinstance(state.perturbations["patch"], Patch) and state.perturbations["additive"].shape == x.shape[1:]
+    assert module.training
 
 
 def test_gentle_unlearning_distils_the_pruned_model_and_plain_unlearning_the_vendor(data):

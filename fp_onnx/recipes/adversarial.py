@@ -46,6 +46,13 @@ vendor (`freeze_start_model`): the gentle recipe runs where pruning may already 
 backdoor's channels away, and distilling the vendor there put the backdoor back (the residual
 GTSRB net: 0.028 attack success with the pruned teacher, 0.132 with the vendor's). Measured in
 docs/decisions.md, bullet `adversarial-gentle`.
+
+`adversarial-patch` and `adversarial-patch-gentle` are the plain and the gentle recipe with a
+second unlearning term: a universal *patch* (`fp_onnx.recipes.patch`), searched and unlearned
+beside the additive perturbation. A patch trigger replaces pixels, which an L2 ball around the
+input reaches only by also containing much else; unlearning patches cost the face model less
+clean accuracy for the same attack success (docs/decisions.md, bullet "Universal patches").
+They are options, not in the default.
 """
 from __future__ import annotations
 
@@ -55,6 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from fp_onnx.recipes import TrainingBatch, TrainingPlan, frozen_teacher, register_recipe, sgd_or_adam
+from fp_onnx.recipes.patch import Patch, universal_patch
 from fp_onnx.recipes.schedule import cosine_schedule
 from fp_onnx.errors import BadOptionError
 from fp_onnx.losses import as_log_probabilities, classification_loss
@@ -72,7 +80,8 @@ KD_TEMPERATURE = 2.0
 @dataclass
 class UnlearningState:
     teacher: torch.nn.Module
-    delta: torch.Tensor | None = field(default=None)
+    perturbations: dict[str, torch.Tensor | Patch] = field(default_factory=dict)
+    """The last batch's perturbation of each shape (an additive delta, a patch), where the next search starts."""
 
 
 def freeze_teacher(module: torch.nn.Module, config, reference: torch.nn.Module | None = None) -> UnlearningState:
@@ -157,6 +166,9 @@ class Unlearning:
     """Cap the perturbation term's gradient at the clean loss's (`balance_factor`)."""
     mixup_distillation: bool = False
     """Also distil the teacher's outputs on mixed clean inputs (`mixed_inputs`)."""
+    shapes: tuple[str, ...] = ("additive",)
+    """Which perturbations are searched and unlearned, each with its own term: "additive" (in an L2 ball,
+    `universal_perturbation`), "patch" (a mask and a pattern, `fp_onnx.recipes.patch`)."""
 
 
 def mixed_inputs(x: torch.Tensor) -> torch.Tensor:
@@ -170,6 +182,20 @@ def mixed_inputs(x: torch.Tensor) -> torch.Tensor:
     return ratio * x + (1 - ratio) * partners
 
 
+def _additive_search(module, batch: TrainingBatch, settings: Unlearning, last):
+    delta = universal_perturbation(module, batch, data_radius(batch.x, settings.radius_scale), last)
+    return delta, batch.x + delta
+
+
+def _patch_search(module, batch: TrainingBatch, settings: Unlearning, last):
+    patch = universal_patch(module, batch.x, batch.y, batch.kind, last)
+    return patch, patch.stamp(batch.x)
+
+
+PERTURBATION_SEARCHES = {"additive": _additive_search, "patch": _patch_search}
+"""`Unlearning.shapes` names: search(module, batch, settings, last found) -> (found, the perturbed batch)."""
+
+
 def adversarial_unlearning(settings: Unlearning):
     """The recipe's training plan for `settings`."""
 
@@ -181,16 +207,22 @@ def adversarial_unlearning(settings: Unlearning):
         parameters = [p for group in groups for p in group["params"]]
         state.teacher.to(next(module.parameters()).device)
 
-        def unlearn_perturbation(batch: TrainingBatch) -> torch.Tensor:
-            if len(batch.x) < 2:
-                return batch.scores.sum() * 0.0
-            state.delta = universal_perturbation(module, batch, data_radius(batch.x, settings.radius_scale),
-                                                 state.delta)
-            scores = _evaluation_mode_scores(module, batch.x + state.delta)
-            term = ADV_WEIGHT * classification_loss(scores, batch.y, batch.kind)
-            if settings.balanced and term.requires_grad:
-                term = term * balance_factor(term, classification_loss(batch.scores, batch.y, batch.kind), parameters)
-            return term
+        def unlearning_term(shape: str):
+            def unlearn(batch: TrainingBatch) -> torch.Tensor:
+                if len(batch.x) < 2:
+                    return batch.scores.sum() * 0.0
+                scores = _evaluation_mode_scores(module, perturbed_inputs(shape, batch))
+                term = ADV_WEIGHT * classification_loss(scores, batch.y, batch.kind)
+                if settings.balanced and term.requires_grad:
+                    clean = classification_loss(batch.scores, batch.y, batch.kind)
+                    term = term * balance_factor(term, clean, parameters)
+                return term
+            return unlearn
+
+        def perturbed_inputs(shape: str, batch: TrainingBatch) -> torch.Tensor:
+            found, perturbed = PERTURBATION_SEARCHES[shape](module, batch, settings, state.perturbations.get(shape))
+            state.perturbations[shape] = found
+            return perturbed
 
         def distil(batch: TrainingBatch) -> torch.Tensor:
             return _distillation(state.teacher, batch.x, batch.scores, batch.kind)
@@ -201,7 +233,8 @@ def adversarial_unlearning(settings: Unlearning):
             mixed = mixed_inputs(batch.x)
             return _distillation(state.teacher, mixed, _evaluation_mode_scores(module, mixed), batch.kind)
 
-        terms = (unlearn_perturbation, distil) + ((distil_mixed,) if settings.mixup_distillation else ())
+        terms = tuple(unlearning_term(shape) for shape in settings.shapes) + (distil,)
+        terms += (distil_mixed,) if settings.mixup_distillation else ()
         return TrainingPlan(optimizer, cosine_schedule(optimizer, config.epochs * steps_per_epoch), loss_terms=terms)
 
     return build
@@ -244,3 +277,12 @@ register_recipe("adversarial-gentle", prepare=freeze_start_model,
                         "distilling the pruned model on clean and mixed clean inputs: for image models whose clean "
                         "accuracy the other recipes cost")(
     adversarial_unlearning(Unlearning(SMALL_UAP_RADIUS, balanced=True, mixup_distillation=True)))
+register_recipe("adversarial-patch", prepare=freeze_teacher, uses_reference=True, defaults=ADVERSARIAL_DEFAULTS,
+                summary="the adversarial recipe unlearning universal patches (a mask and a pattern, as patch triggers "
+                        "are) besides additive perturbations")(
+    adversarial_unlearning(Unlearning(shapes=("additive", "patch"))))
+register_recipe("adversarial-patch-gentle", prepare=freeze_start_model,
+                defaults={**ADVERSARIAL_DEFAULTS, "lr": GENTLE_LR, "max_recoveries": 0},
+                summary="the gentle recipe unlearning universal patches besides additive perturbations")(
+    adversarial_unlearning(Unlearning(SMALL_UAP_RADIUS, balanced=True, mixup_distillation=True,
+                                      shapes=("additive", "patch"))))
