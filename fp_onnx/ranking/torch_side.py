@@ -11,6 +11,7 @@ from fp_onnx.converters.graph_module import OnnxGraphModule
 from fp_onnx.data import Dataset
 from fp_onnx.finetune import _trainable_graph, torch_device
 from fp_onnx.losses import classification_loss
+from fp_onnx.module_mode import evaluation_mode
 from fp_onnx.prune_point import PrunePoint
 from fp_onnx.ranking import RankingInputs
 
@@ -47,14 +48,12 @@ class TorchView:
 
     @torch.no_grad()
     def accuracy(self) -> float:
-        was_training = self.module.training
-        self.module.eval()
         correct = 0
-        for batch in self.clean.batches(256):
-            x = torch.from_numpy(np.asarray(batch.x, dtype=np.float32)).to(self.device)
-            scores = self.module(x).reshape(len(batch.x), -1)
-            correct += int((scores.argmax(1).cpu().numpy() == batch.y).sum())
-        self.module.train(was_training)
+        with evaluation_mode(self.module):
+            for batch in self.clean.batches(256):
+                x = torch.from_numpy(np.asarray(batch.x, dtype=np.float32)).to(self.device)
+                scores = self.module(x).reshape(len(batch.x), -1)
+                correct += int((scores.argmax(1).cpu().numpy() == batch.y).sum())
         return correct / len(self.clean)
 
 

@@ -66,6 +66,7 @@ from fp_onnx.recipes.patch import Patch, universal_patch
 from fp_onnx.recipes.schedule import cosine_schedule
 from fp_onnx.errors import BadOptionError
 from fp_onnx.losses import as_log_probabilities, classification_loss
+from fp_onnx.module_mode import evaluation_mode
 
 UAP_RADIUS = 1.0
 SMALL_UAP_RADIUS = 0.3
@@ -107,18 +108,16 @@ def universal_perturbation(module: torch.nn.Module, batch: TrainingBatch, radius
     """
     shape = batch.x.shape[1:]
     delta = start.detach().clone() if start is not None and start.shape == shape else torch.zeros(shape, device=batch.x.device)
-    was_training = module.training
-    module.eval()
-    for _ in range(UAP_STEPS):
-        delta.requires_grad_(True)
-        loss = classification_loss(module(batch.x + delta), batch.y, batch.kind)
-        gradient, = torch.autograd.grad(loss, delta)
-        with torch.no_grad():
-            delta = delta + UAP_STEP_FRACTION * radius * gradient / (gradient.norm() + 1e-12)
-            norm = float(delta.norm())
-            if norm > radius:
-                delta = delta * (radius / norm)
-    module.train(was_training)
+    with evaluation_mode(module):
+        for _ in range(UAP_STEPS):
+            delta.requires_grad_(True)
+            loss = classification_loss(module(batch.x + delta), batch.y, batch.kind)
+            gradient, = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                delta = delta + UAP_STEP_FRACTION * radius * gradient / (gradient.norm() + 1e-12)
+                norm = float(delta.norm())
+                if norm > radius:
+                    delta = delta * (radius / norm)
     return delta.detach()
 
 
@@ -243,11 +242,8 @@ def adversarial_unlearning(settings: Unlearning):
 def _evaluation_mode_scores(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The module's scores on inputs that are not real ones (perturbed, mixed), in evaluation mode: BatchNorm
     must not fold their statistics into its running averages, which would cost clean accuracy at any rate."""
-    module.eval()
-    try:
+    with evaluation_mode(module):
         return module(x)
-    finally:
-        module.train()
 
 
 def _distillation(teacher: torch.nn.Module, x: torch.Tensor, scores: torch.Tensor, kind: str) -> torch.Tensor:

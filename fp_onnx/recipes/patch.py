@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from fp_onnx.losses import classification_loss
+from fp_onnx.module_mode import evaluation_mode
 
 PATCH_AREA = 0.05
 """The mask's total as a fraction of the input's elements: the zoo's patch triggers cover 1-6 % of the image
@@ -90,15 +91,13 @@ def universal_patch(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k
     else:
         mask = torch.full(x.shape[1:], area, device=x.device, dtype=x.dtype)
         pattern = low + (high - low) * torch.rand(x.shape[1:], device=x.device, dtype=x.dtype)
-    was_training = module.training
-    module.eval()
-    for _ in range(PATCH_STEPS):
-        mask.requires_grad_(True)
-        pattern.requires_grad_(True)
-        loss = classification_loss(module(Patch(mask, pattern).stamp(x)), y, kind)
-        mask_gradient, pattern_gradient = torch.autograd.grad(loss, (mask, pattern))
-        with torch.no_grad():
-            pattern = (pattern + PATTERN_STEP * (high - low) * pattern_gradient.sign()).clamp(low, high)
-            mask = project_mask(mask + MASK_STEP * mask_gradient / (mask_gradient.abs().max() + 1e-12), total)
-    module.train(was_training)
+    with evaluation_mode(module):
+        for _ in range(PATCH_STEPS):
+            mask.requires_grad_(True)
+            pattern.requires_grad_(True)
+            loss = classification_loss(module(Patch(mask, pattern).stamp(x)), y, kind)
+            mask_gradient, pattern_gradient = torch.autograd.grad(loss, (mask, pattern))
+            with torch.no_grad():
+                pattern = (pattern + PATTERN_STEP * (high - low) * pattern_gradient.sign()).clamp(low, high)
+                mask = project_mask(mask + MASK_STEP * mask_gradient / (mask_gradient.abs().max() + 1e-12), total)
     return Patch(mask.detach(), pattern.detach())
