@@ -18,12 +18,13 @@ from fp_onnx.methods import METHODS, defense_config, resolve_method
 from fp_onnx.prune import StopRule, prune_defense
 from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.recipes import RECIPES, TrainingBatch, TrainingPlan, register_recipe
+from fp_onnx.recipes import adversarial
 from fp_onnx.recipes.adversarial import (Unlearning, adversarial_unlearning, balance_factor, data_radius, freeze_teacher,
-                                         mixed_inputs, universal_perturbation)
+                                         gradient_norm, mixed_inputs, universal_perturbation)
 from fp_onnx.recipes.attention import attention_distillation, attention_map, prepare_attention_teacher
 from fp_onnx.recipes.feature_shift import reinitialise_head
 from fp_onnx.recipes.head import classifier_parameters
-from fp_onnx.recipes.patch import Patch, project_mask, universal_patch
+from fp_onnx.recipes.patch import PATCH_AREA, Patch, project_mask, universal_patch
 from fp_onnx.recipes.sharpness import sharpness_aware_step
 
 
@@ -126,11 +127,13 @@ def test_balance_factor_caps_the_term_gradient_at_the_clean_one():
     weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     clean = (weight ** 2).sum()  # gradient (2, 4)
     steep = 100.0 * weight.sum()  # gradient (100, 100): pulls ~32x harder than the clean loss
-    factor = balance_factor(steep, clean, [weight])
+    clean_norm = gradient_norm(clean, [weight])
+    assert clean_norm == pytest.approx(math.sqrt(20.0))
+    factor = balance_factor(steep, clean_norm, [weight])
     assert factor == pytest.approx(math.sqrt(20.0) / math.sqrt(20000.0))
     (gradient,) = torch.autograd.grad(steep * factor, [weight])
     assert float(gradient.norm()) == pytest.approx(math.sqrt(20.0))  # now as long as the clean gradient
-    assert balance_factor(0.01 * weight.sum(), clean, [weight]) == 1.0  # a weaker term is left as it is
+    assert balance_factor(0.01 * weight.sum(), clean_norm, [weight]) == 1.0  # a weaker term is left as it is
     assert weight.grad is None  # measured without touching .grad: the training step backpropagates afterwards
 
 
@@ -181,6 +184,42 @@ def test_patch_recipes_unlearn_a_patch_beside_the_additive_perturbation(data):
     assert additive > clean and patch > clean  # each term is the loss under a perturbation that raises it
     assert isinstance(state.perturbations["patch"], Patch) and state.perturbations["additive"].shape == x.shape[1:]
     assert module.training
+
+
+@pytest.mark.parametrize("settings, area", [(Unlearning(shapes=("additive", "patch")), PATCH_AREA),
+                                            (Unlearning(shapes=("patch",), patch_area=0.01), 0.01)])
+def test_the_patch_term_searches_within_the_budget_its_settings_give(data, settings, area):
+    model, train, _ = data
+    module = onnx_to_torch(model).train()
+    state = freeze_teacher(module, FineTuneConfig())
+    plan = adversarial_unlearning(settings)(
+        module, [{"params": list(module.parameters())}], FineTuneConfig(recipe="adversarial-patch").resolved(), 10,
+        state)
+    first = train.take(np.arange(16))
+    x, y = torch.tensor(first.x, dtype=torch.float32), torch.tensor(first.y).long()
+    plan.loss_terms[settings.shapes.index("patch")](TrainingBatch(x, y, module(x), module, "logits"))
+    mask = state.perturbations["patch"].mask
+    assert float(mask.sum()) <= area * mask.numel() * (1 + 1e-4)
+    assert float(mask.sum()) > 0.5 * area * mask.numel()  # the search spends its budget, not a smaller one
+
+
+def test_capped_terms_of_one_batch_share_one_clean_gradient(data, monkeypatch):
+    """With two perturbation shapes, both capped terms need the clean loss's gradient norm: it is one backward
+    pass per batch, not one per term, and a new batch gets its own."""
+    model, train, _ = data
+    module = onnx_to_torch(model).train()
+    plan = adversarial_unlearning(Unlearning(0.3, balanced=True, shapes=("additive", "patch")))(
+        module, [{"params": list(module.parameters())}], FineTuneConfig(recipe="adversarial-patch-gentle").resolved(),
+        10, freeze_teacher(module, FineTuneConfig()))
+    measured = []
+    monkeypatch.setattr(adversarial, "gradient_norm", lambda loss, parameters: measured.append(loss) or 1.0)
+    first = train.take(np.arange(16))
+    x, y = torch.tensor(first.x, dtype=torch.float32), torch.tensor(first.y).long()
+    for _ in range(2):
+        batch = TrainingBatch(x, y, module(x), module, "logits")
+        for term in plan.loss_terms[:2]:
+            term(batch)
+    assert len(measured) == 2 * 3  # per batch: each term's own gradient and one clean gradient
 
 
 def test_gentle_unlearning_distils_the_pruned_model_and_plain_unlearning_the_vendor(data):

@@ -56,13 +56,14 @@ They are options, not in the default.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from fp_onnx.recipes import TrainingBatch, TrainingPlan, frozen_teacher, register_recipe, sgd_or_adam
-from fp_onnx.recipes.patch import Patch, universal_patch
+from fp_onnx.recipes.patch import PATCH_AREA, Patch, universal_patch
 from fp_onnx.recipes.schedule import cosine_schedule
 from fp_onnx.errors import BadOptionError
 from fp_onnx.losses import as_log_probabilities, classification_loss
@@ -121,20 +122,40 @@ def universal_perturbation(module: torch.nn.Module, batch: TrainingBatch, radius
     return delta.detach()
 
 
-def balance_factor(term: torch.Tensor, clean: torch.Tensor, parameters: list[torch.Tensor]) -> float:
-    """The factor (<= 1) that makes `term`'s gradient over `parameters` no longer than `clean`'s.
+def balance_factor(term: torch.Tensor, clean_norm: float, parameters: list[torch.Tensor]) -> float:
+    """The factor (<= 1) that makes `term`'s gradient over `parameters` no longer than `clean_norm`, the clean
+    loss's gradient norm (`CleanGradientNorm`).
 
-    Both gradients are taken without touching .grad (the training step backpropagates the
+    The gradient is taken without touching .grad (the training step backpropagates the
     scaled sum afterwards); the factor is a plain number, so no gradient flows through it.
     """
-    term_norm = _gradient_norm(term, parameters)
-    clean_norm = _gradient_norm(clean, parameters)
+    term_norm = gradient_norm(term, parameters)
     return min(1.0, clean_norm / term_norm) if term_norm > 0 else 1.0
 
 
-def _gradient_norm(loss: torch.Tensor, parameters: list[torch.Tensor]) -> float:
+def gradient_norm(loss: torch.Tensor, parameters: list[torch.Tensor]) -> float:
+    """The L2 norm of `loss`'s gradient over `parameters`, leaving .grad and the graph in place."""
     gradients = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
     return float(torch.sqrt(sum((g.detach().float() ** 2).sum() for g in gradients if g is not None)))
+
+
+class CleanGradientNorm:
+    """The clean classification loss's gradient norm on a batch, computed once however many capped terms ask
+    for it (a recipe with two perturbation shapes has two): each costs a backward pass through the model.
+
+    The batch is remembered by a weak reference, so the cache never keeps a finished step's graph alive.
+    """
+
+    def __init__(self, parameters: list[torch.Tensor]):
+        self.parameters = parameters
+        self._batch: weakref.ref | None = None
+        self._norm = 0.0
+
+    def __call__(self, batch: TrainingBatch) -> float:
+        if self._batch is None or self._batch() is not batch:
+            self._norm = gradient_norm(classification_loss(batch.scores, batch.y, batch.kind), self.parameters)
+            self._batch = weakref.ref(batch)
+        return self._norm
 
 
 def data_radius(x: torch.Tensor, scale: float) -> float:
@@ -168,6 +189,8 @@ class Unlearning:
     shapes: tuple[str, ...] = ("additive",)
     """Which perturbations are searched and unlearned, each with its own term: "additive" (in an L2 ball,
     `universal_perturbation`), "patch" (a mask and a pattern, `fp_onnx.recipes.patch`)."""
+    patch_area: float = PATCH_AREA
+    """The patch mask's total as a fraction of the input's elements (`universal_patch`)."""
 
 
 def mixed_inputs(x: torch.Tensor) -> torch.Tensor:
@@ -187,7 +210,7 @@ def _additive_search(module, batch: TrainingBatch, settings: Unlearning, last):
 
 
 def _patch_search(module, batch: TrainingBatch, settings: Unlearning, last):
-    patch = universal_patch(module, batch.x, batch.y, batch.kind, last)
+    patch = universal_patch(module, batch.x, batch.y, batch.kind, last, settings.patch_area)
     return patch, patch.stamp(batch.x)
 
 
@@ -204,6 +227,7 @@ def adversarial_unlearning(settings: Unlearning):
                                  "DistributedDataParallel); run it without torchrun")
         optimizer = sgd_or_adam(groups, config)
         parameters = [p for group in groups for p in group["params"]]
+        clean_norm = CleanGradientNorm(parameters)
         state.teacher.to(next(module.parameters()).device)
 
         def unlearning_term(shape: str):
@@ -213,8 +237,7 @@ def adversarial_unlearning(settings: Unlearning):
                 scores = _evaluation_mode_scores(module, perturbed_inputs(shape, batch))
                 term = ADV_WEIGHT * classification_loss(scores, batch.y, batch.kind)
                 if settings.balanced and term.requires_grad:
-                    clean = classification_loss(batch.scores, batch.y, batch.kind)
-                    term = term * balance_factor(term, clean, parameters)
+                    term = term * balance_factor(term, clean_norm(batch), parameters)
                 return term
             return unlearn
 
