@@ -17,8 +17,7 @@ from fp_onnx.loading import load_model
 from fp_onnx.methods import METHODS, defense_config, resolve_method
 from fp_onnx.prune import StopRule, prune_defense
 from fp_onnx.prune_point import resolve_prune_point
-from fp_onnx.recipes import RECIPES, TrainingBatch, TrainingPlan, register_recipe
-from fp_onnx.recipes import adversarial
+from fp_onnx.recipes import RECIPES, TrainingBatch, TrainingPlan, adversarial, register_recipe
 from fp_onnx.recipes.adversarial import (Unlearning, adversarial_unlearning, balance_factor, data_radius, freeze_teacher,
                                          gradient_norm, mixed_inputs, universal_perturbation)
 from fp_onnx.recipes.attention import attention_distillation, attention_map, prepare_attention_teacher
