@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from fp_onnx.errors import BadOptionError
+from fp_onnx.module_mode import evaluation_mode
 
 EXPORTERS = ("legacy", "dynamo")
 
@@ -46,16 +47,11 @@ def reexport(
             "example's batch size; use write_back to keep the vendor graph, or pass dynamic_batch=False"
         )
     path = Path(path)
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            if exporter == "legacy":
-                _export_legacy(module, example_input, path, input_names, output_names, dynamic_batch, opset)
-            else:
-                _export_dynamo(module, example_input, path, input_names, output_names, dynamic_batch, opset)
-    finally:
-        module.train(was_training)
+    with evaluation_mode(module), torch.no_grad():
+        if exporter == "legacy":
+            _export_legacy(module, example_input, path, input_names, output_names, dynamic_batch, opset)
+        else:
+            _export_dynamo(module, example_input, path, input_names, output_names, dynamic_batch, opset)
     return path
 
 
