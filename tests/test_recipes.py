@@ -18,8 +18,9 @@ from fp_onnx.methods import METHODS, defense_config, resolve_method
 from fp_onnx.prune import StopRule, prune_defense
 from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.recipes import RECIPES, TrainingBatch, TrainingPlan, adversarial, register_recipe
-from fp_onnx.recipes.adversarial import (Unlearning, adversarial_unlearning, balance_factor, data_radius, freeze_teacher,
-                                         gradient_norm, mixed_inputs, universal_perturbation)
+from fp_onnx.recipes.adversarial import (LONG_EPOCHS, SMALL_PATCH_AREA, Unlearning, adversarial_unlearning,
+                                         balance_factor, data_radius, freeze_teacher, gradient_norm, mixed_inputs,
+                                         universal_perturbation)
 from fp_onnx.recipes.attention import attention_distillation, attention_map, prepare_attention_teacher
 from fp_onnx.recipes.feature_shift import reinitialise_head
 from fp_onnx.recipes.head import classifier_parameters
@@ -185,21 +186,27 @@ def test_patch_recipes_unlearn_a_patch_beside_the_additive_perturbation(data):
     assert module.training
 
 
-@pytest.mark.parametrize("settings, area", [(Unlearning(shapes=("additive", "patch")), PATCH_AREA),
-                                            (Unlearning(shapes=("patch",), patch_area=0.01), 0.01)])
-def test_the_patch_term_searches_within_the_budget_its_settings_give(data, settings, area):
+@pytest.mark.parametrize("recipe, area", [("adversarial-patch", PATCH_AREA), ("adversarial-patch-gentle", PATCH_AREA),
+                                          ("adversarial-patch-small", SMALL_PATCH_AREA)])
+def test_each_patch_recipe_searches_within_its_own_budget(data, recipe, area):
     model, train, _ = data
     module = onnx_to_torch(model).train()
-    state = freeze_teacher(module, FineTuneConfig())
-    plan = adversarial_unlearning(settings)(
-        module, [{"params": list(module.parameters())}], FineTuneConfig(recipe="adversarial-patch").resolved(), 10,
-        state)
+    config = FineTuneConfig(recipe=recipe).resolved()
+    state = RECIPES[recipe].prepare(module, config, None)
+    plan = RECIPES[recipe].build(module, [{"params": list(module.parameters())}], config, 10, state)
     first = train.take(np.arange(16))
     x, y = torch.tensor(first.x, dtype=torch.float32), torch.tensor(first.y).long()
-    plan.loss_terms[settings.shapes.index("patch")](TrainingBatch(x, y, module(x), module, "logits"))
+    plan.loss_terms[1](TrainingBatch(x, y, module(x), module, "logits"))  # shapes: additive, then patch
     mask = state.perturbations["patch"].mask
     assert float(mask.sum()) <= area * mask.numel() * (1 + 1e-4)
     assert float(mask.sum()) > 0.5 * area * mask.numel()  # the search spends its budget, not a smaller one
+
+
+def test_the_small_patch_recipe_trains_twice_as_long_as_the_gentle_one():
+    small, gentle = (FineTuneConfig(recipe=name).resolved() for name in ("adversarial-patch-small",
+                                                                         "adversarial-patch-gentle"))
+    assert small.epochs == LONG_EPOCHS == 2 * gentle.epochs and small.lr == gentle.lr
+    assert FineTuneConfig(recipe="adversarial-patch-small", epochs=5).resolved().epochs == 5  # the user's wins
 
 
 def test_capped_terms_of_one_batch_share_one_clean_gradient(data, monkeypatch):
