@@ -54,8 +54,8 @@ input reaches only by also containing much else; unlearning patches cost the fac
 clean accuracy for the same attack success (docs/decisions.md, bullet "Universal patches").
 They are options, not in the default. `adversarial-patch-small` is the gentle one with a patch of 1 % of
 the input and twice the epochs: on the face models it left 0.03-0.11 attack success where the 5 %
-patch over 40 epochs left 0.18-0.20, at a further 0.5-2 points of clean accuracy (docs/decisions.md,
-"A smaller patch for longer").
+patch over 40 epochs left 0.06-0.20, at about the same clean accuracy (1.5 points lower to 0.8 higher;
+docs/decisions.md, "A smaller patch for longer").
 """
 from __future__ import annotations
 
