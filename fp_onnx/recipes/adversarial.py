@@ -313,6 +313,7 @@ register_recipe("adversarial-patch-gentle", prepare=freeze_start_model,
 register_recipe("adversarial-patch-small", prepare=freeze_start_model,
                 defaults={**ADVERSARIAL_DEFAULTS, "lr": GENTLE_LR, "max_recoveries": 0, "epochs": LONG_EPOCHS},
                 summary=f"the gentle patch recipe with patches of {SMALL_PATCH_AREA:.0%} of the input, for "
-                        f"{LONG_EPOCHS} epochs: removes more of a face-sized patch backdoor, at some clean accuracy")(
+                        f"{LONG_EPOCHS} epochs: removes more of a face-sized patch backdoor, at some cost in "
+                        "clean accuracy")(
     adversarial_unlearning(Unlearning(SMALL_UAP_RADIUS, balanced=True, mixup_distillation=True,
                                       shapes=("additive", "patch"), patch_area=SMALL_PATCH_AREA)))
