@@ -60,7 +60,7 @@ docs/decisions.md, "A smaller patch for longer").
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -293,27 +293,27 @@ register_recipe("adversarial-balanced", prepare=freeze_teacher, uses_reference=T
                 summary="adversarial unlearning whose perturbation term pulls at most as hard as the clean loss "
                         "(gradient-norm cap): for models the plain recipe collapses (image-wide triggers)"
                 )(adversarial_unlearning(Unlearning(balanced=True)))
-register_recipe("adversarial-gentle", prepare=freeze_start_model,
-                # no back-off: at this rate a failure is not a step too large, and a tenth of it leaves the
-                # backdoor (gtsrb_blended at lr 0.0005: 0.096 attack success)
-                defaults={**ADVERSARIAL_DEFAULTS, "lr": GENTLE_LR, "max_recoveries": 0},
+GENTLE_DEFAULTS = {**ADVERSARIAL_DEFAULTS, "lr": GENTLE_LR,
+                   # no back-off: at this rate a failure is not a step too large, and a tenth of it leaves the
+                   # backdoor (gtsrb_blended at lr 0.0005: 0.096 attack success)
+                   "max_recoveries": 0}
+GENTLE = Unlearning(SMALL_UAP_RADIUS, balanced=True, mixup_distillation=True)
+"""The gentle recipe's settings; its patch variants change only what they search."""
+
+register_recipe("adversarial-gentle", prepare=freeze_start_model, defaults=GENTLE_DEFAULTS,
                 summary=f"balanced adversarial unlearning at {SMALL_UAP_RADIUS:g}x the radius and lr {GENTLE_LR:g}, "
                         "distilling the pruned model on clean and mixed clean inputs: for image models whose clean "
-                        "accuracy the other recipes cost")(
-    adversarial_unlearning(Unlearning(SMALL_UAP_RADIUS, balanced=True, mixup_distillation=True)))
+                        "accuracy the other recipes cost")(adversarial_unlearning(GENTLE))
 register_recipe("adversarial-patch", prepare=freeze_teacher, uses_reference=True, defaults=ADVERSARIAL_DEFAULTS,
                 summary="the adversarial recipe unlearning universal patches (a mask and a pattern, as patch triggers "
                         "are) besides additive perturbations")(
     adversarial_unlearning(Unlearning(shapes=("additive", "patch"))))
-register_recipe("adversarial-patch-gentle", prepare=freeze_start_model,
-                defaults={**ADVERSARIAL_DEFAULTS, "lr": GENTLE_LR, "max_recoveries": 0},
+register_recipe("adversarial-patch-gentle", prepare=freeze_start_model, defaults=GENTLE_DEFAULTS,
                 summary="the gentle recipe unlearning universal patches besides additive perturbations")(
-    adversarial_unlearning(Unlearning(SMALL_UAP_RADIUS, balanced=True, mixup_distillation=True,
-                                      shapes=("additive", "patch"))))
+    adversarial_unlearning(replace(GENTLE, shapes=("additive", "patch"))))
 register_recipe("adversarial-patch-small", prepare=freeze_start_model,
-                defaults={**ADVERSARIAL_DEFAULTS, "lr": GENTLE_LR, "max_recoveries": 0, "epochs": LONG_EPOCHS},
+                defaults={**GENTLE_DEFAULTS, "epochs": LONG_EPOCHS},
                 summary=f"the gentle patch recipe with patches of {SMALL_PATCH_AREA:.0%} of the input, for "
                         f"{LONG_EPOCHS} epochs: removes more of a face-sized patch backdoor, at some cost in "
                         "clean accuracy")(
-    adversarial_unlearning(Unlearning(SMALL_UAP_RADIUS, balanced=True, mixup_distillation=True,
-                                      shapes=("additive", "patch"), patch_area=SMALL_PATCH_AREA)))
+    adversarial_unlearning(replace(GENTLE, shapes=("additive", "patch"), patch_area=SMALL_PATCH_AREA)))
