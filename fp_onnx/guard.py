@@ -16,11 +16,12 @@ the CLI exits with `ModelRejectedError`'s code.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
+from fp_onnx.confidence import Interval, paired_difference_interval
 from fp_onnx.data import Dataset, check_fits
 from fp_onnx.errors import BadDataError, BadOptionError, ModelRejectedError
 from fp_onnx.inference import ModelRunner, predictions
@@ -66,10 +67,16 @@ class CleanCheck:
     accuracy: float
     samples: int
     nonfinite_samples: int
+    correct: tuple[bool, ...] | None = field(default=None, repr=False, compare=False)
+    """Which samples were right, in the data's order: what pairs two checks on the same data
+    (`GuardResult.accuracy_drop_interval`)."""
 
     @property
     def finite(self) -> bool:
         return self.nonfinite_samples == 0
+
+    def to_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "samples": self.samples, "nonfinite_samples": self.nonfinite_samples}
 
 
 def check_clean(model: onnx.ModelProto, data: Dataset, *, options: RuntimeOptions = RuntimeOptions(),
@@ -81,13 +88,13 @@ def check_clean(model: onnx.ModelProto, data: Dataset, *, options: RuntimeOption
         raise BadDataError(f"{data.source}: holds no samples")
     runner = ModelRunner(model, options=options)
     check_fits(data, runner.input)
-    correct, nonfinite = 0, 0
+    correct, nonfinite = [], 0
     for batch in data.batches(runner.batch_size(batch_size)):
         scores = runner.run(batch.x)[runner.output]
         finite = np.isfinite(scores.reshape(len(scores), -1)).all(axis=1)
-        correct += int(((predictions(scores) == batch.y) & finite).sum())
+        correct.extend(bool(c) for c in (predictions(scores) == batch.y) & finite)
         nonfinite += int((~finite).sum())
-    return CleanCheck(correct / len(data), len(data), nonfinite)
+    return CleanCheck(sum(correct) / len(data), len(data), nonfinite, tuple(correct))
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,25 @@ class GuardResult:
     @property
     def passed(self) -> bool:
         return self.written.finite and self.accuracy_drop <= self.max_accuracy_drop + 1e-12
+
+    @property
+    def accuracy_drop_interval(self) -> Interval | None:
+        """The 95 % interval of the drop (`fp_onnx.confidence`), or None when the two checks are not paired
+        per sample. The guard decides on `accuracy_drop`; this says how sure that number is."""
+        vendor, written = self.vendor.correct, self.written.correct
+        if vendor is None or written is None or len(vendor) != len(written):
+            return None
+        return paired_difference_interval(vendor, written)
+
+    def unbounded_cost(self) -> str | None:
+        """What to tell a user whose validation data cannot rule out a drop above the limit (None when it
+        can, or when it was not measured per sample)."""
+        interval = self.accuracy_drop_interval
+        if interval is None or interval.high <= self.max_accuracy_drop + 1e-12:
+            return None
+        return (f"{self.written.samples} validation samples cannot rule out a clean-accuracy cost of up to "
+                f"{interval.high:.3f} (95 %; limit {self.max_accuracy_drop:g}); more validation data (--val, --val-fraction) "
+                f"would bound it")
 
     def reasons(self) -> list[str]:
         """What failed and by how much, one phrase per failure (empty when it passed)."""
@@ -126,9 +152,11 @@ class GuardResult:
         return ModelRejectedError(f"{self.file} rejected: {'; '.join(self.reasons())}{suffix}; kept as {kept_as}")
 
     def to_dict(self) -> dict:
+        interval = self.accuracy_drop_interval
         return {"file": self.file, "passed": self.passed, "reasons": self.reasons(),
-                "measured": {"vendor": asdict(self.vendor), "written": asdict(self.written),
-                             "accuracy_drop": self.accuracy_drop},
+                "measured": {"vendor": self.vendor.to_dict(), "written": self.written.to_dict(),
+                             "accuracy_drop": self.accuracy_drop,
+                             "accuracy_drop_interval": None if interval is None else interval.to_dict()},
                 "limits": {"max_accuracy_drop": self.max_accuracy_drop, "outputs_finite": True},
                 "data": "clean validation data"}
 

@@ -11,7 +11,11 @@ Three outcomes, in this order of precedence:
   it anyway;
 * **defended**, or **defended at a clean-accuracy cost of X** when the written model
   is less accurate than the vendor's on the validation data. Without triggered data
-  the verdict says that the backdoor was not measured.
+  the verdict says that the backdoor was not measured. When the validation split is
+  too small to rule out a cost above the limit (the 95 % interval of the paired
+  difference, `fp_onnx.confidence`), the verdict says so and how far the cost could go:
+  the model passed on the measured cost, but a user shipping it should know how little
+  a few dozen samples prove.
 
 `Verdict.to_dict()` is what report.json opens with (`verdict`): status, summary,
 reasons, measured values and limits, so a CI pipeline can gate a vendor model on it.
@@ -71,8 +75,11 @@ def defense_verdict(guard: GuardResult, attack_success: float | None, limits: Ve
     result name a defended one gets; `training_note` (e.g. fine-tuning's recoveries)
     is added to a failure's explanation.
     """
+    interval = guard.accuracy_drop_interval
     measured = {"vendor_clean_accuracy": guard.vendor.accuracy, "clean_accuracy": guard.written.accuracy,
-                "clean_accuracy_drop": guard.accuracy_drop, "nonfinite_outputs": guard.written.nonfinite_samples,
+                "clean_accuracy_drop": guard.accuracy_drop,
+                "clean_accuracy_drop_interval": None if interval is None else interval.to_dict(),
+                "nonfinite_outputs": guard.written.nonfinite_samples,
                 "validation_samples": guard.written.samples, "attack_success": attack_success,
                 "backdoor_measured": attack_success is not None}
     limit_values = {"max_accuracy_drop": limits.max_accuracy_drop, "max_attack_success": limits.max_attack_success,
@@ -102,5 +109,8 @@ def _defended_summary(guard: GuardResult, attack_success: float | None, limits: 
         summary += (f" at a clean-accuracy cost of {drop:.4f} ({guard.vendor.accuracy:.4f} -> "
                     f"{guard.written.accuracy:.4f} on validation data)")
     if attack_success is None:
-        return summary + "; backdoor not measured (no --trigger-data)"
-    return summary + f"; backdoor gone: attack success {attack_success:.4f} <= {limits.max_attack_success:g}"
+        summary += "; backdoor not measured (no --trigger-data)"
+    else:
+        summary += f"; backdoor gone: attack success {attack_success:.4f} <= {limits.max_attack_success:g}"
+    unbounded = guard.unbounded_cost()
+    return summary + (f"; but {unbounded}" if unbounded else "")

@@ -119,6 +119,42 @@ def test_non_finite_outputs_fail_whatever_the_accuracy():
     assert verdict.exit_code == 7 and "3 of 200 validation outputs are not finite" in verdict.summary
 
 
+def paired_guard(samples: int, vendor_only: int, written_only: int, limit: float = 0.02) -> GuardResult:
+    """The vendor and the written model on the same `samples`: right on the same ones except `vendor_only`
+    samples only the vendor gets right and `written_only` only the written model does."""
+    vendor = [True] * (samples - written_only) + [False] * written_only
+    written = [True] * (samples - written_only - vendor_only) + [False] * vendor_only + [True] * written_only
+    check = lambda correct: CleanCheck(sum(correct) / samples, samples, 0, tuple(correct))  # noqa: E731
+    return GuardResult("defended.onnx", check(vendor), check(written), limit)
+
+
+def test_a_cost_that_few_validation_samples_cannot_bound_is_said_with_the_verdict():
+    small = defense_verdict(paired_guard(69, vendor_only=3, written_only=2, limit=0.029), 0.01, VerdictLimits(),
+                            kept_as="d.rejected", shipped_as="d")
+    assert small.status == "defended" and small.exit_code == 0  # the guard still decides on the measured cost
+    assert "69 validation samples cannot rule out a clean-accuracy cost of up to" in small.summary
+    interval = small.to_dict()["measured"]["clean_accuracy_drop_interval"]
+    assert interval["low"] < 1 / 69 < 0.029 < interval["high"] and interval["confidence"] == 0.95
+
+    large = defense_verdict(paired_guard(2000, vendor_only=6, written_only=4), 0.01, VerdictLimits(),
+                            kept_as="d.rejected", shipped_as="d")
+    assert large.status == "defended" and "cannot rule out" not in large.summary
+    assert large.to_dict()["measured"]["clean_accuracy_drop_interval"]["high"] < 0.02
+
+
+def test_a_guard_without_per_sample_outcomes_reports_no_interval():
+    verdict = defense_verdict(guard(0.98, 0.97), None, VerdictLimits(), kept_as="d.rejected", shipped_as="d")
+    assert verdict.to_dict()["measured"]["clean_accuracy_drop_interval"] is None
+    assert "cannot rule out" not in verdict.summary
+
+
+def test_check_clean_keeps_which_samples_were_right(backdoored):
+    clean = open_dataset(backdoored["clean"])
+    check = check_clean(load_model(backdoored["model"]).model, clean, options=CPU)
+    assert len(check.correct) == len(clean) and sum(check.correct) == round(check.accuracy * len(clean))
+    assert "correct" not in check.to_dict()  # report.json gets the counts, not one flag per sample
+
+
 # ---------------------------------------------------------------- the commands
 def test_fine_prune_forced_to_diverge_ships_nothing(backdoored, tmp_path):
     (tmp_path / "defended.onnx").write_bytes(b"an earlier run's defended model")
