@@ -130,8 +130,8 @@ class GuardResult:
         if interval is None or interval.high <= self.max_accuracy_drop + 1e-12:
             return None
         return (f"{self.written.samples} validation samples cannot rule out a clean-accuracy cost of up to "
-                f"{interval.high:.3f} (95 %; limit {self.max_accuracy_drop:g}); more validation data (--val, --val-fraction) "
-                f"would bound it")
+                f"{interval.high:.3f} (95 %; limit {self.max_accuracy_drop:.3g}); more validation data (--val, "
+                f"--val-fraction) would bound it")
 
     def reasons(self) -> list[str]:
         """What failed and by how much, one phrase per failure (empty when it passed)."""

@@ -74,6 +74,8 @@ def _verdict_section(report: dict) -> str:
     measured = verdict["measured"]
     rows = [["clean accuracy (validation data)", f"{measured['clean_accuracy']:.4f}",
              f"vendor {measured['vendor_clean_accuracy']:.4f}, drop at most {verdict['limits']['max_accuracy_drop']:g}"],
+            ["clean-accuracy cost, 95 % interval", _interval_text(measured.get("clean_accuracy_drop_interval")),
+             f"{measured['validation_samples']} validation samples"],
             ["outputs that are not finite", str(measured["nonfinite_outputs"]), "none"],
             ["attack success", "not measured" if measured["attack_success"] is None else f"{measured['attack_success']:.4f}",
              f"at most {verdict['limits']['max_attack_success']:g}"]]
@@ -81,6 +83,10 @@ def _verdict_section(report: dict) -> str:
             + (f"<ul>{reasons}</ul>" if len(verdict["reasons"]) > 1 else "")
             + f"<p>Model file: <code>{html.escape(verdict['model'])}</code> (exit code {verdict['exit_code']}).</p>"
             + _rows(["check (on the written file)", "measured", "limit"], rows))
+
+
+def _interval_text(interval: dict | None) -> str:
+    return "not measured" if interval is None else f"{interval['low']:.4f} to {interval['high']:.4f}"
 
 
 def _finetune_section(finetune: dict) -> str:

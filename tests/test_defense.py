@@ -142,7 +142,14 @@ def test_fine_prune_cli_writes_the_report(backdoored, tmp_path):
     assert report["cost"]["defended"]["parameters"] < report["cost"]["vendor"]["parameters"]
     assert set(report["versions"]) >= {"onnx", "onnxruntime", "torch", "numpy", "fp_onnx"}
     assert report["defense"]["seconds"]["prune"] > 0 and len(report["defense"]["prune_curve"]["steps"]) == 32
+    measured = report["verdict"]["measured"]
+    interval = measured["clean_accuracy_drop_interval"]  # of the written file against the vendor, paired
+    assert measured["clean_accuracy_drop"] == pytest.approx(interval["estimate"])
+    assert interval["low"] <= interval["estimate"] <= interval["high"]
+    limit = report["defended"]["guard"]["limits"]["max_accuracy_drop"]
+    assert ("cannot rule out" in report["verdict"]["summary"]) == (interval["high"] > limit + 1e-12)
     page = (tmp_path / "report.html").read_text()
+    assert "clean-accuracy cost, 95 % interval" in page
     assert page.count("data:image/png;base64,") == 2 and "http" not in page.replace("http-equiv", "")
     for name in ("defended.onnx", "pruned.onnx", "activations.png", "prune_curve.png"):
         assert (tmp_path / name).stat().st_size > 0
