@@ -1,4 +1,4 @@
-"""How far a clean-accuracy cost measured on a few validation samples can be trusted.
+"""How far a clean-accuracy cost or an attack success measured on a few hundred samples can be trusted.
 
 The guard and fine-tuning's floor compare the written model with the vendor's on the
 defender's validation split. With a small defender set that split is a few dozen samples
@@ -20,6 +20,11 @@ many agreeing samples leave possible (z^2 / (n + z^2), 1.8 points on 204 samples
 the Wald interval collapses to a point and Newcombe's method 10, measured here first,
 gave 2.3 points. tests/test_confidence.py measures its coverage. Written from the
 paper's description.
+
+The same holds for "backdoor gone": an attack success of 0.04 on 300 triggered samples
+does not rule out 0.07. A targeted attack success is a share of samples, and its
+interval is Wilson's score interval; the untargeted rate (1 - A_backdoor / A_clean) is
+a ratio of two accuracies and gets none.
 """
 from __future__ import annotations
 
@@ -38,9 +43,24 @@ class Interval:
     estimate: float
     low: float
     high: float
+    samples: int
+    """How many samples the estimate was measured on."""
 
     def to_dict(self) -> dict:
-        return {"estimate": self.estimate, "low": self.low, "high": self.high, "confidence": CONFIDENCE}
+        return {"estimate": self.estimate, "low": self.low, "high": self.high, "confidence": CONFIDENCE,
+                "samples": self.samples}
+
+
+def proportion_interval(successes: int, trials: int, z: float = Z_95) -> Interval:
+    """The Wilson score interval of a rate measured on `trials` samples (an attack success rate on the
+    triggered set): the single-sample case of the same score-test inversion."""
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError("a rate needs at least one trial and between 0 and that many successes")
+    rate = successes / trials
+    centre = rate + z * z / (2 * trials)
+    spread = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials))
+    scale = 1 + z * z / trials
+    return Interval(rate, max(0.0, (centre - spread) / scale), min(1.0, (centre + spread) / scale), trials)
 
 
 def paired_difference_interval(first_correct, second_correct, z: float = Z_95) -> Interval:
@@ -58,7 +78,7 @@ def paired_difference_interval(first_correct, second_correct, z: float = Z_95) -
     n, only_first, only_second = len(first), int((first & ~second).sum()), int((~first & second).sum())
     estimate = (only_first - only_second) / n
     score = lambda difference: _score(difference, only_first, only_second, n)  # noqa: E731
-    return Interval(estimate, _bound(score, estimate, -1.0, z), _bound(score, estimate, 1.0, z))
+    return Interval(estimate, _bound(score, estimate, -1.0, z), _bound(score, estimate, 1.0, z), n)
 
 
 def _score(difference: float, only_first: int, only_second: int, n: int) -> float:

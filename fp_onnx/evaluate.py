@@ -10,7 +10,7 @@ import onnx
 from fp_onnx.data import Dataset, check_fits, check_labels
 from fp_onnx.errors import BadDataError
 from fp_onnx.inference import ModelRunner, predictions
-from fp_onnx.metrics import AttackSpec, accuracy, attack_success_rate
+from fp_onnx.metrics import AttackSpec, accuracy, attack_samples, attack_success_rate
 from fp_onnx.runtime import RuntimeOptions
 from fp_onnx.signature import class_count
 
@@ -21,6 +21,8 @@ class Measurement:
     attack_success: float | None
     clean_samples: int
     triggered_samples: int
+    attack_samples: int | None = None
+    """The triggered samples a targeted attack success is a share of (None: untargeted, or not measured)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,11 +50,12 @@ def measure(
     for dataset in (clean, triggered) if triggered is not None else (clean,):
         check_labels(dataset, class_count(model))
     clean_accuracy = accuracy(predict(runner, clean, batch_size), clean.labels)
-    success = None
+    success, counted = None, None
     if triggered is not None and attack is not None:
         triggered_predictions = predict(runner, triggered, batch_size)
         success = attack_success_rate(attack, triggered_predictions, triggered.labels, triggered.targets, clean_accuracy)
-    return Measurement(clean_accuracy, success, len(clean), 0 if triggered is None else len(triggered))
+        counted = attack_samples(attack, len(triggered), triggered.labels, triggered.targets)
+    return Measurement(clean_accuracy, success, len(clean), 0 if triggered is None else len(triggered), counted)
 
 
 def latency_ms(model: onnx.ModelProto, sample: np.ndarray, *, options: RuntimeOptions = RuntimeOptions(),

@@ -58,6 +58,18 @@ def targeted_success(predicted: np.ndarray, targets: np.ndarray, labels: np.ndar
     return float(np.mean(predicted[counted] == targets[counted]))
 
 
+def attack_samples(attack: AttackSpec, count: int, labels: np.ndarray | None, targets: np.ndarray | None) -> int | None:
+    """How many of `count` triggered samples a targeted rate is a share of (those whose label is not already
+    the target), so that its uncertainty can be stated; None for the untargeted rate, a ratio of two
+    accuracies rather than a share of samples."""
+    if attack.kind == "untargeted":
+        return None
+    goal = np.full(count, attack.target) if attack.target is not None else targets
+    if labels is None or goal is None:
+        return count
+    return int((np.asarray(labels) != np.asarray(goal)).sum())
+
+
 def untargeted_success(triggered_accuracy: float, clean_accuracy: float) -> float:
     """1 - A_backdoor / A_clean (paper footnote 4); clipped at 0 when triggers help."""
     if clean_accuracy <= 0:

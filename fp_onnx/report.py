@@ -78,7 +78,9 @@ def _verdict_section(report: dict) -> str:
              f"{measured['validation_samples']} validation samples"],
             ["outputs that are not finite", str(measured["nonfinite_outputs"]), "none"],
             ["attack success", "not measured" if measured["attack_success"] is None else f"{measured['attack_success']:.4f}",
-             f"at most {verdict['limits']['max_attack_success']:g}"]]
+             f"at most {verdict['limits']['max_attack_success']:g}"],
+            ["attack success, 95 % interval", _interval_text(measured.get("attack_success_interval")),
+             "targeted attacks only"]]
     return (f'<h2>Verdict</h2><p class="{css}"><strong>{html.escape(verdict["summary"])}</strong></p>'
             + (f"<ul>{reasons}</ul>" if len(verdict["reasons"]) > 1 else "")
             + f"<p>Model file: <code>{html.escape(verdict['model'])}</code> (exit code {verdict['exit_code']}).</p>"

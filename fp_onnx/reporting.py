@@ -127,7 +127,8 @@ def _judge_defended(path: Path, result, vendor: CleanCheck, limits: VerdictLimit
                   batch_size=batch_size)
     result.table["fine-pruning"] = row
     verdict = defense_verdict(guard, row.attack_success, limits, kept_as=rejected_name("defended.onnx"),
-                              shipped_as="defended.onnx", training_note=training_note(result.finetune))
+                              shipped_as="defended.onnx", training_note=training_note(result.finetune),
+                              attack_samples=row.attack_samples)
     return verdict, guard
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fp_onnx.confidence import Interval, proportion_interval
 from fp_onnx.errors import BackdoorRemainsError, BadOptionError, FpOnnxError
 from fp_onnx.guard import DEFAULT_MAX_ACCURACY_DROP, GuardResult
 
@@ -68,19 +69,23 @@ class Verdict:
 
 
 def defense_verdict(guard: GuardResult, attack_success: float | None, limits: VerdictLimits, *,
-                    kept_as: str, shipped_as: str, training_note: str = "") -> Verdict:
+                    kept_as: str, shipped_as: str, training_note: str = "", attack_samples: int | None = None
+                    ) -> Verdict:
     """Judge the written model: the guard first, then (given triggered data) the backdoor.
 
     `kept_as` is the .rejected name a failed model is left under, `shipped_as` the
     result name a defended one gets; `training_note` (e.g. fine-tuning's recoveries)
-    is added to a failure's explanation.
+    is added to a failure's explanation; `attack_samples`, the triggered samples a targeted
+    attack success is a share of, gives its 95 % interval.
     """
     interval = guard.accuracy_drop_interval
+    attack_interval = _attack_interval(attack_success, attack_samples)
     measured = {"vendor_clean_accuracy": guard.vendor.accuracy, "clean_accuracy": guard.written.accuracy,
                 "clean_accuracy_drop": guard.accuracy_drop,
                 "clean_accuracy_drop_interval": None if interval is None else interval.to_dict(),
                 "nonfinite_outputs": guard.written.nonfinite_samples,
                 "validation_samples": guard.written.samples, "attack_success": attack_success,
+                "attack_success_interval": None if attack_interval is None else attack_interval.to_dict(),
                 "backdoor_measured": attack_success is not None}
     limit_values = {"max_accuracy_drop": limits.max_accuracy_drop, "max_attack_success": limits.max_attack_success,
                     "outputs_finite": True}
@@ -92,8 +97,8 @@ def defense_verdict(guard: GuardResult, attack_success: float | None, limits: Ve
     if backdoor:
         error = BackdoorRemainsError(f"{backdoor} (--max-attack-success); model kept as {kept_as}")
         return Verdict(FAILED, f"failed: {backdoor}", reasons, measured, limit_values, error.exit_code, kept_as, error)
-    return Verdict(DEFENDED, _defended_summary(guard, attack_success, limits), [], measured, limit_values, 0,
-                   shipped_as)
+    return Verdict(DEFENDED, _defended_summary(guard, attack_success, attack_interval, limits), [], measured,
+                   limit_values, 0, shipped_as)
 
 
 def _backdoor_reason(attack_success: float | None, limit: float) -> str | None:
@@ -102,7 +107,14 @@ def _backdoor_reason(attack_success: float | None, limit: float) -> str | None:
     return f"backdoor remains: attack success {attack_success:.4f} > {limit:g}"
 
 
-def _defended_summary(guard: GuardResult, attack_success: float | None, limits: VerdictLimits) -> str:
+def _attack_interval(attack_success: float | None, samples: int | None) -> Interval | None:
+    if attack_success is None or not samples:
+        return None
+    return proportion_interval(round(attack_success * samples), samples)
+
+
+def _defended_summary(guard: GuardResult, attack_success: float | None, attack_interval: Interval | None,
+                      limits: VerdictLimits) -> str:
     drop = guard.accuracy_drop
     summary = "defended"
     if drop > 1e-9:
@@ -112,5 +124,13 @@ def _defended_summary(guard: GuardResult, attack_success: float | None, limits: 
         summary += "; backdoor not measured (no --trigger-data)"
     else:
         summary += f"; backdoor gone: attack success {attack_success:.4f} <= {limits.max_attack_success:g}"
-    unbounded = guard.unbounded_cost()
-    return summary + (f"; but {unbounded}" if unbounded else "")
+    caveats = [c for c in (guard.unbounded_cost(), _unbounded_attack(attack_interval, limits.max_attack_success)) if c]
+    return summary + ("; but " + "; ".join(caveats) if caveats else "")
+
+
+def _unbounded_attack(interval: Interval | None, limit: float) -> str | None:
+    """What to tell a user whose triggered data cannot rule out an attack success above the limit."""
+    if interval is None or interval.high <= limit + 1e-12:
+        return None
+    return (f"{interval.samples} triggered samples cannot rule out an attack success of up to {interval.high:.3f} "
+            f"(95 %; limit {limit:g}); more triggered data would bound it")

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from fp_onnx.confidence import Z_95, paired_difference_interval
+from fp_onnx.confidence import Z_95, paired_difference_interval, proportion_interval
 
 
 def paired_outcomes(rng, samples: int, disagreement: float, drop: float) -> tuple[np.ndarray, np.ndarray]:
@@ -63,3 +63,24 @@ def test_outcomes_of_different_samples_are_refused():
         paired_difference_interval([True, False], [True])
     with pytest.raises(ValueError, match="same samples"):
         paired_difference_interval([], [])
+
+
+@pytest.mark.parametrize("trials,rate", [(300, 0.03), (270, 0.01), (1000, 0.05)])
+def test_the_rate_interval_covers_the_true_attack_success_about_95_times_in_100(trials, rate):
+    rng = np.random.default_rng(trials)
+    hits = rng.binomial(trials, rate, size=2000)
+    covered = [proportion_interval(int(h), trials) for h in hits]
+    share = np.mean([i.low <= rate <= i.high for i in covered])
+    assert 0.925 <= share <= 0.995
+
+
+def test_no_successes_in_n_trials_bound_the_rate_at_z2_over_n_plus_z2():
+    interval = proportion_interval(0, 270)
+    assert interval.estimate == 0.0 and interval.low == 0.0
+    assert interval.high == pytest.approx(Z_95 ** 2 / (270 + Z_95 ** 2)) and interval.samples == 270
+
+
+def test_a_rate_needs_trials_and_a_possible_count():
+    for successes, trials in ((0, 0), (3, 2), (-1, 5)):
+        with pytest.raises(ValueError, match="at least one trial"):
+            proportion_interval(successes, trials)

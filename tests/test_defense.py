@@ -146,6 +146,9 @@ def test_fine_prune_cli_writes_the_report(backdoored, tmp_path):
     interval = measured["clean_accuracy_drop_interval"]  # of the written file against the vendor, paired
     assert measured["clean_accuracy_drop"] == pytest.approx(interval["estimate"])
     assert interval["low"] <= interval["estimate"] <= interval["high"]
+    attack = measured["attack_success_interval"]  # targeted: a share of the triggered samples not of the target
+    assert 0 < attack["samples"] <= report["defense"]["table"]["fine-pruning"]["triggered_samples"]
+    assert attack["low"] <= measured["attack_success"] <= attack["high"]
     limit = report["defended"]["guard"]["limits"]["max_accuracy_drop"]
     assert ("cannot rule out" in report["verdict"]["summary"]) == (interval["high"] > limit + 1e-12)
     page = (tmp_path / "report.html").read_text()

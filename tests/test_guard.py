@@ -142,6 +142,20 @@ def test_a_cost_that_few_validation_samples_cannot_bound_is_said_with_the_verdic
     assert large.to_dict()["measured"]["clean_accuracy_drop_interval"]["high"] < 0.02
 
 
+@pytest.mark.parametrize("attack,samples,warned", [(0.04, 300, True), (0.0037, 270, False), (0.04, None, False)])
+def test_an_attack_success_that_few_triggered_samples_cannot_bound_is_said_with_the_verdict(attack, samples, warned):
+    verdict = defense_verdict(paired_guard(2000, 0, 0), attack, VerdictLimits(), kept_as="d.rejected",
+                              shipped_as="d", attack_samples=samples)
+    assert verdict.status == "defended" and "backdoor gone" in verdict.summary
+    assert ("triggered samples cannot rule out an attack success of up to" in verdict.summary) == warned
+    interval = verdict.to_dict()["measured"]["attack_success_interval"]
+    if samples is None:  # untargeted: a ratio of accuracies, no share of samples
+        assert interval is None
+    else:
+        assert interval["samples"] == samples and interval["low"] <= attack <= interval["high"]
+        assert (interval["high"] > 0.05) == warned
+
+
 def test_a_guard_without_per_sample_outcomes_reports_no_interval():
     verdict = defense_verdict(guard(0.98, 0.97), None, VerdictLimits(), kept_as="d.rejected", shipped_as="d")
     assert verdict.to_dict()["measured"]["clean_accuracy_drop_interval"] is None

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from fp_onnx.errors import BadDataError, BadOptionError
-from fp_onnx.metrics import AttackSpec, accuracy, attack_success_rate, targeted_success, untargeted_success
+from fp_onnx.metrics import (AttackSpec, accuracy, attack_samples, attack_success_rate, targeted_success,
+                             untargeted_success)
 
 
 def test_targeted_all_to_one_leaves_out_samples_already_of_the_target():
@@ -22,6 +23,14 @@ def test_targeted_all_to_all_uses_per_sample_targets():
     assert attack_success_rate(AttackSpec("targeted", None), predicted, labels, targets, None) == pytest.approx(0.75)
     with pytest.raises(BadDataError, match="no 'target' array"):
         attack_success_rate(AttackSpec("targeted", None), predicted, labels, None, None)
+
+
+def test_a_targeted_rate_is_a_share_of_the_samples_it_counts():
+    labels = np.array([1, 7, 2, 4])
+    assert attack_samples(AttackSpec("targeted", 7), 4, labels, None) == 3  # the class-7 sample is not counted
+    assert attack_samples(AttackSpec("targeted", None), 4, labels, (labels + 1) % 10) == 4
+    assert attack_samples(AttackSpec("targeted", 7), 4, None, None) == 4  # no labels: every sample counts
+    assert attack_samples(AttackSpec("untargeted"), 4, labels, None) is None  # a ratio of accuracies
 
 
 def test_untargeted_is_one_minus_the_accuracy_ratio():
