@@ -83,3 +83,6 @@ def command(**params) -> None:
     click.echo(f"wrote {model_path}, {json_path}")
     if not guard.passed:
         raise guard.error(rejected_name(MODEL_NAME), training_note(result))
+    unbounded = guard.unbounded_cost()
+    if unbounded:
+        click.echo(f"note: {unbounded}", err=True)

@@ -74,6 +74,9 @@ def command(**params) -> None:
     click.echo("wrote " + ", ".join(str(path) for path in written + model_outputs))
     if not guard.passed:
         raise guard.error(rejected_name("pruned.onnx"))
+    unbounded = guard.unbounded_cost("more clean data (--data) would bound it", data="clean")
+    if unbounded:
+        click.echo(f"note: {unbounded}", err=True)
 
 
 def stop_rule_from(params: dict, default_threshold: float = 0.04) -> StopRule:

@@ -32,6 +32,9 @@ DEFAULT_MAX_ACCURACY_DROP = 0.04
 """The paper's stop threshold: what the defense may cost in clean accuracy (absolute)."""
 
 
+VALIDATION_REMEDY = "more validation data (--val, --val-fraction) would bound it"
+"""How a `fine-prune` or `finetune` user bounds the cost (`GuardResult.unbounded_cost`)."""
+
 RESOLUTION_SAMPLES = 2
 """A default limit is never finer than this many validation samples (see `max_accuracy_drop_for`)."""
 
@@ -123,15 +126,14 @@ class GuardResult:
             return None
         return paired_difference_interval(vendor, written)
 
-    def unbounded_cost(self) -> str | None:
-        """What to tell a user whose validation data cannot rule out a drop above the limit (None when it
-        can, or when it was not measured per sample)."""
+    def unbounded_cost(self, remedy: str = VALIDATION_REMEDY, data: str = "validation") -> str | None:
+        """What to tell a user whose `data` samples cannot rule out a drop above the limit, ending with `remedy`
+        (None when they can, or when the drop was not measured per sample)."""
         interval = self.accuracy_drop_interval
         if interval is None or interval.high <= self.max_accuracy_drop + 1e-12:
             return None
-        return (f"{self.written.samples} validation samples cannot rule out a clean-accuracy cost of up to "
-                f"{interval.high:.3f} (95 %; limit {self.max_accuracy_drop:.3g}); more validation data (--val, "
-                f"--val-fraction) would bound it")
+        return (f"{self.written.samples} {data} samples cannot rule out a clean-accuracy cost of up to "
+                f"{interval.high:.3f} (95 %; limit {self.max_accuracy_drop:.3g}); {remedy}")
 
     def reasons(self) -> list[str]:
         """What failed and by how much, one phrase per failure (empty when it passed)."""

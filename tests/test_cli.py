@@ -130,6 +130,9 @@ def test_prune_writes_a_smaller_model_curve_and_plot(vendor, tmp_path):
     assert [i.name for i in pruned.graph.input] == ["input"] and [o.name for o in pruned.graph.output] == ["logits"]
     for name in ("prune_curve.png", "activations.png", "profile.json"):
         assert (tmp_path / name).stat().st_size > 0
+    guard = report["guard"]  # 24 clean samples bound no cost within the limit: the guard passes, and says so
+    assert guard["passed"] and guard["measured"]["accuracy_drop_interval"]["high"] > guard["limits"]["max_accuracy_drop"]
+    assert "note: 24 clean samples cannot rule out a clean-accuracy cost of up to" in result.stderr
 
 
 @pytest.mark.parametrize(
