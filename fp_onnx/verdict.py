@@ -15,7 +15,8 @@ Three outcomes, in this order of precedence:
   too small to rule out a cost above the limit (the 95 % interval of the paired
   difference, `fp_onnx.confidence`), the verdict says so and how far the cost could go:
   the model passed on the measured cost, but a user shipping it should know how little
-  a few dozen samples prove.
+  a few dozen samples prove. Likewise when the triggered data cannot rule out a
+  targeted attack success above `max_attack_success`.
 
 `Verdict.to_dict()` is what report.json opens with (`verdict`): status, summary,
 reasons, measured values and limits, so a CI pipeline can gate a vendor model on it.
