@@ -84,3 +84,26 @@ def test_a_rate_needs_trials_and_a_possible_count():
     for successes, trials in ((0, 0), (3, 2), (-1, 5)):
         with pytest.raises(ValueError, match="at least one trial"):
             proportion_interval(successes, trials)
+
+
+def test_the_cost_interval_benchmark_measures_a_shipped_model(tmp_path):
+    """bench/cost_interval.py on the shipped model, one seed: its row is consistent with itself (the numbers are
+    the benchmark's to report, docs/benchmarks.md)."""
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        import cost_interval
+    finally:
+        sys.path.remove(str(bench))
+    row = cost_interval.measure_cell(cost_interval.SHIPPED / "speech_dormant", seed=0)
+    low, high = row["interval"]
+    assert low <= row["validation_cost"] <= high
+    assert row["validation_samples"] > 0 and row["channels_pruned"] > 0
+    assert row["covered"] == (low <= row["test_cost"] <= high)
+    assert row["interval_warned"] == (high > cost_interval.LIMIT)
+    totals = cost_interval.summary([row])
+    assert totals["cells"] == 1 and totals["covered"] == int(row["covered"])
+    assert cost_interval.plot([row], tmp_path / "plot.png").stat().st_size > 0
