@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import onnx
@@ -117,10 +118,11 @@ class GuardResult:
     def passed(self) -> bool:
         return self.written.finite and self.accuracy_drop <= self.max_accuracy_drop + 1e-12
 
-    @property
+    @cached_property
     def accuracy_drop_interval(self) -> Interval | None:
         """The 95 % interval of the drop (`fp_onnx.confidence`), or None when the two checks are not paired
-        per sample. The guard decides on `accuracy_drop`; this says how sure that number is."""
+        per sample. The guard decides on `accuracy_drop`; this says how sure that number is. Computed once:
+        the verdict, its caveat and the JSON all read it."""
         vendor, written = self.vendor.correct, self.written.correct
         if vendor is None or written is None or len(vendor) != len(written):
             return None

@@ -49,10 +49,22 @@ def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.asarray(predicted) == np.asarray(labels)))
 
 
+def counted_samples(targets: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """Which triggered samples a targeted rate counts: those whose true label is not already their target
+    (every sample when the labels are unknown)."""
+    targets = np.asarray(targets)
+    return np.ones(len(targets), dtype=bool) if labels is None else np.asarray(labels) != targets
+
+
+def attacker_targets(attack: AttackSpec, count: int, targets: np.ndarray | None) -> np.ndarray | None:
+    """The target of each of `count` triggered samples: the one target class, or the data's per-sample ones."""
+    return np.full(count, attack.target) if attack.target is not None else targets
+
+
 def targeted_success(predicted: np.ndarray, targets: np.ndarray, labels: np.ndarray | None = None) -> float:
     """Fraction of triggered inputs classified as their target (excluding label == target)."""
     predicted, targets = np.asarray(predicted), np.asarray(targets)
-    counted = np.ones(len(predicted), dtype=bool) if labels is None else np.asarray(labels) != targets
+    counted = counted_samples(targets, labels)
     if not counted.any():
         raise BadDataError("every triggered sample already has the target label; the attack success rate is undefined")
     return float(np.mean(predicted[counted] == targets[counted]))
@@ -64,10 +76,8 @@ def attack_samples(attack: AttackSpec, count: int, labels: np.ndarray | None, ta
     accuracies rather than a share of samples."""
     if attack.kind == "untargeted":
         return None
-    goal = np.full(count, attack.target) if attack.target is not None else targets
-    if labels is None or goal is None:
-        return count
-    return int((np.asarray(labels) != np.asarray(goal)).sum())
+    goal = attacker_targets(attack, count, targets)
+    return count if goal is None else int(counted_samples(goal, labels).sum())
 
 
 def untargeted_success(triggered_accuracy: float, clean_accuracy: float) -> float:
@@ -89,8 +99,7 @@ def attack_success_rate(
         if labels is None or clean_accuracy is None:
             raise BadDataError("the untargeted attack success rate needs true labels 'y' on both clean and triggered data")
         return untargeted_success(accuracy(predicted, labels), clean_accuracy)
-    if attack.target is not None:
-        return targeted_success(predicted, np.full(len(predicted), attack.target), labels)
+    targets = attacker_targets(attack, len(predicted), targets)
     if targets is None:
         raise BadDataError("per-sample targets requested but the triggered data has no 'target' array; use --target T")
     return targeted_success(predicted, targets, labels)
