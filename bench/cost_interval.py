@@ -32,7 +32,7 @@ from fp_onnx.report import library_versions
 from fp_onnx.runtime import RuntimeOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce_paper import defender_data  # noqa: E402  (the benchmark's defender set, one rule for both)
+from reproduce_paper import defender_data, zoo_folders  # noqa: E402  (the benchmark's defender set, one rule for both)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LIMIT = 0.04
@@ -82,8 +82,7 @@ def print_table(rows: list[dict], totals: dict) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
+    from fp_onnx.plots import save_figure  # first: it selects the non-interactive backend
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(max(6.0, 0.5 * len(rows) + 2), 4))
@@ -98,10 +97,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     axes.set_ylabel("clean-accuracy cost")
     axes.set_title("paper's pruning: validation cost and its 95 % interval (bar), test cost (x)")
     axes.legend(loc="upper left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=None, help="default: every model folder in --zoo")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args(argv)
-    folders = sorted((p for zoo in args.zoo for p in zoo.iterdir() if (p / "model_card.json").exists()),
-                     key=lambda p: p.name)
-    folders = [p for p in folders if args.models is None or p.name in args.models]
+    folders = zoo_folders(args.zoo, args.models)
     rows = []
     for folder in folders:
         for seed in args.seeds:

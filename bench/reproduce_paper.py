@@ -97,6 +97,13 @@ def defender_data(folder: Path, card: dict):
     return clean.subset(np.sort(np.random.default_rng(0).permutation(len(clean))[:limit]))
 
 
+def zoo_folders(zoos: list[Path], names: list[str] | None = None) -> list[Path]:
+    """The model folders (those with a model card) in `zoos`, by name, only `names` when given."""
+    folders = sorted((p for zoo in zoos for p in zoo.iterdir() if (p / "model_card.json").exists()),
+                     key=lambda p: p.name)
+    return [p for p in folders if names is None or p.name in names]
+
+
 def cache_path(model: str, method: str, seed: int) -> Path:
     """Seed 0 keeps the name cells had before seeds were recorded."""
     return CACHE / (f"{model}__{method.replace(':', '_')}" + (f"__seed{seed}" if seed else "") + ".json")

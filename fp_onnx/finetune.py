@@ -231,7 +231,7 @@ def fine_tune(
     context = DistributedContext.from_environment()
     device = context.device(torch_device(config.device))
     torch.manual_seed(config.seed)
-    trainable, kind = _trainable_graph(model)
+    trainable, kind = trainable_graph(model)
     module = onnx_to_torch(trainable).to(device)
     if config.noise:
         add_weight_noise(module, config.noise, config.seed)
@@ -240,7 +240,7 @@ def fine_tune(
     prepared = None
     if recipe.prepare is not None:
         source = _teacher_source(recipe, model, reference, train, val, config, progress, result)
-        teacher = onnx_to_torch(_trainable_graph(source)[0]).to(device) if source is not None else None
+        teacher = onnx_to_torch(trainable_graph(source)[0]).to(device) if source is not None else None
         prepared = recipe.prepare(module, config, teacher)
     steps = math.ceil(len(context.shard(np.arange(len(train)))) / config.batch_size)
     trainer = Trainer(module, kind, config, device, context, steps, prepared)
@@ -280,7 +280,7 @@ def _classes(model: onnx.ModelProto) -> int:
     return int(np.prod(sizes)) if sizes and len(sizes) == len(dims) - 1 else 2
 
 
-def _trainable_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+def trainable_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """The graph we train, and what it outputs; weights go back into `model` itself later.
 
     Fixed batch-1 graphs are made batch-symbolic (the converted module then trains on

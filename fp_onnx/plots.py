@@ -37,7 +37,7 @@ def plot_activations(
         axis.set_title(label, fontsize=10)
     axes[-1, 0].set_xlabel("channel, sorted by mean activation on clean inputs")
     figure.suptitle(title, fontsize=11)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_prune_curve(
@@ -63,10 +63,11 @@ def plot_prune_curve(
     axis.grid(alpha=0.3)
     axis.legend(loc="lower left")
     axis.set_title(title, fontsize=11)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
-def _save(figure, path: str | os.PathLike) -> Path:
+def save_figure(figure, path: str | os.PathLike) -> Path:
+    """Lay out, write atomically as PNG and close `figure` (benchmarks use it too: a figure left open leaks)."""
     figure.tight_layout()
     try:
         return write_with(path, lambda temporary: figure.savefig(temporary, format="png", dpi=110))

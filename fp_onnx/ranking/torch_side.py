@@ -9,7 +9,7 @@ import torch
 from fp_onnx.converters import onnx_to_torch
 from fp_onnx.converters.graph_module import OnnxGraphModule
 from fp_onnx.data import Dataset
-from fp_onnx.finetune import _trainable_graph, torch_device
+from fp_onnx.finetune import trainable_graph, torch_device
 from fp_onnx.losses import classification_loss
 from fp_onnx.module_mode import evaluation_mode
 from fp_onnx.prune_point import PrunePoint
@@ -20,7 +20,7 @@ class TorchView:
     """The vendor model as a torch module (logits out), on the criterion's device, frozen by default."""
 
     def __init__(self, inputs: RankingInputs) -> None:
-        graph, self.kind = _trainable_graph(inputs.model)
+        graph, self.kind = trainable_graph(inputs.model)
         self.device = torch_device(inputs.device)
         self.module: OnnxGraphModule = onnx_to_torch(graph).to(self.device)
         self.module.eval()
