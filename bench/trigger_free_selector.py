@@ -21,7 +21,7 @@ A probe "picks" the candidate with the lower score; a pick is right when that ca
 measured attack success is the lower one (ties within 0.01 count as either).
 
     python bench/trigger_free_selector.py --zoo models/shipped out/zoo [--models ...] [--seeds 0 1]
-        [--recipes adversarial adversarial-patch] [--work DIR]
+        [--cells MODEL:SEED ...] [--recipes adversarial adversarial-patch] [--work DIR]
 
 Defended models and measured cells are kept in --work (default: a folder under the system's temp dir) and reused
 when present.
@@ -220,22 +220,34 @@ def plot(rows: list[dict], path: Path) -> Path:
     return save_figure(figure, path)
 
 
+def cells(args) -> list[tuple[Path, int]]:
+    """(model folder, seed) pairs: --cells when given, else every selected model with every seed."""
+    if args.cells is None:
+        return [(folder, seed) for folder in zoo_folders(args.zoo, args.models) for seed in args.seeds]
+    folders = {folder.name: folder for folder in zoo_folders(args.zoo)}
+    pairs = [cell.rpartition(":") for cell in args.cells]
+    unknown = sorted({name for name, _, _ in pairs} - set(folders))
+    if unknown:
+        raise SystemExit(f"--cells: no model folder named {', '.join(unknown)} in --zoo")
+    return [(folders[name], int(seed)) for name, _, seed in pairs]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, nargs="+", default=[SHIPPED])
     parser.add_argument("--models", nargs="+", default=None, help="default: every model folder in --zoo")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--cells", nargs="+", default=None, metavar="MODEL:SEED",
+                        help="measure exactly these cells instead of every model and seed")
     parser.add_argument("--recipes", nargs=2, default=["adversarial", "adversarial-patch"])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fp_onnx_selector")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
-    folders = zoo_folders(args.zoo, args.models)
     rows = []
-    for folder in folders:
-        for seed in args.seeds:
-            rows.append(cached_cell(folder, seed, tuple(args.recipes), args.work))
-            print(f"  {folder.name} seed {seed}: done", file=sys.stderr, flush=True)
+    for folder, seed in cells(args):
+        rows.append(cached_cell(folder, seed, tuple(args.recipes), args.work))
+        print(f"  {folder.name} seed {seed}: done", file=sys.stderr, flush=True)
     totals = summary(rows)
     print_table(rows, totals)
     RESULTS.mkdir(exist_ok=True)

@@ -65,3 +65,14 @@ def test_summary_counts_only_cells_where_both_pass_and_the_attack_differs(select
     totals = selector.summary(rows)
     assert totals == {"cells": 3, "decisive": 1, "right": {"probe": 1}}
     assert selector.plot(rows, tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_cells_names_exact_model_and_seed_pairs_and_refuses_unknown_models(selector):
+    from argparse import Namespace
+
+    args = Namespace(zoo=[selector.SHIPPED], models=None, seeds=[0], cells=["speech_dormant:2", "speech_dormant:0"])
+    assert selector.cells(args) == [(selector.SHIPPED / "speech_dormant", 2), (selector.SHIPPED / "speech_dormant", 0)]
+    assert selector.cells(Namespace(zoo=[selector.SHIPPED], models=None, seeds=[0, 1], cells=None)) == [
+        (selector.SHIPPED / "speech_dormant", 0), (selector.SHIPPED / "speech_dormant", 1)]
+    with pytest.raises(SystemExit, match="no model folder named nosuch"):
+        selector.cells(Namespace(zoo=[selector.SHIPPED], models=None, seeds=[0], cells=["nosuch:0"]))
