@@ -28,13 +28,14 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fp_onnx.data import open_dataset
-from fp_onnx.defense import DefenseConfig, fine_prune
+from fp_onnx.defense import DefenseConfig, DefenseResult, fine_prune
 from fp_onnx.finetune import FineTuneConfig
 from fp_onnx.loading import load_model
 from fp_onnx.methods import METHODS, defense_config, resolve_method
@@ -109,7 +110,19 @@ def cache_path(model: str, method: str, seed: int) -> Path:
     return CACHE / (f"{model}__{method.replace(':', '_')}" + (f"__seed{seed}" if seed else "") + ".json")
 
 
-def run_one(folder: Path, method: str, device: str, figures: Path, seed: int = 0) -> dict:
+@dataclass
+class ZooDefense:
+    """One zoo model defended on the benchmark's defender set and measured on its held-out test sets."""
+
+    result: DefenseResult
+    prune_point: str
+    defender_samples: int
+    seconds: float
+    """The defense itself (`fine_prune`), loading excluded."""
+
+
+def defend_zoo_model(folder: Path, config: DefenseConfig, device: str) -> ZooDefense:
+    """`fine_prune` of the model in `folder` with `config`, as every benchmark cell runs it."""
     card = json.loads((folder / "model_card.json").read_text())
     model = load_model(folder / "model.onnx").model
     point = resolve_prune_point(model, None)
@@ -117,15 +130,21 @@ def run_one(folder: Path, method: str, device: str, figures: Path, seed: int = 0
     started = time.perf_counter()
     result = fine_prune(model, point, clean, test=open_dataset(folder / "clean_test.npz"),
                         triggered=open_dataset(folder / "triggered_test.npz"), attack=attack_of(card),
-                        config=method_config(method, device, seed), options=RuntimeOptions(device=device))
-    seconds = time.perf_counter() - started
+                        config=config, options=RuntimeOptions(device=device))
+    return ZooDefense(result, point.tensor, len(clean), time.perf_counter() - started)
+
+
+def run_one(folder: Path, method: str, device: str, figures: Path, seed: int = 0) -> dict:
+    card = json.loads((folder / "model_card.json").read_text())
+    defended = defend_zoo_model(folder, method_config(method, device, seed), device)
+    result = defended.result
     if method in FIGURE_METHODS and seed == 0:
         plot_outcome_curve(figures / f"prune_curve_{folder.name}_{method}.png", result.prune,
                            f"{folder.name}: {method} ({result.prune.curve.sweep_method})")
     table = {name: row.to_dict() for name, row in result.table.items()}
     return {"model": folder.name, "method": method, "seed": seed, "device": device, "threads": torch.get_num_threads(),
-            "seconds": seconds, "prune_point": point.tensor,
-            "defender_samples": len(clean), "vendor": card["metrics"], "table": table,
+            "seconds": defended.seconds, "prune_point": defended.prune_point,
+            "defender_samples": defended.defender_samples, "vendor": card["metrics"], "table": table,
             "channels_pruned": result.prune.channels_pruned, "channels": result.prune.curve.channels,
             "recover": result.method, "finetune": {k: result.finetune.to_dict()[k]
                                                    for k in ("best_epoch", "failure", "recoveries", "final_lr")},

@@ -36,22 +36,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from fp_onnx.converters import onnx_to_torch
-from fp_onnx.data import open_dataset
-from fp_onnx.defense import fine_prune
 from fp_onnx.finetune import FineTuneConfig, trainable_graph
 from fp_onnx.loading import load_model
 from fp_onnx.methods import defense_config, resolve_method
-from fp_onnx.prune_point import resolve_prune_point
+from fp_onnx.outputs import save_model, write_json
 from fp_onnx.recipes.patch import Patch, universal_patch
 from fp_onnx.report import library_versions
-from fp_onnx.runtime import RuntimeOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce_paper import attack_of, defender_data, zoo_folders  # noqa: E402  (the benchmark's defender set and attack)
+from reproduce_paper import defend_zoo_model, defender_data, zoo_folders  # noqa: E402  (one defender set and run)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shipped"
@@ -69,19 +65,14 @@ def defend(folder: Path, recipe: str, seed: int, work: Path) -> dict:
     stem = work / f"{folder.name}_{seed}_{recipe}"
     if stem.with_suffix(".json").exists() and stem.with_suffix(".onnx").exists():
         return {**json.loads(stem.with_suffix(".json").read_text()), "onnx": str(stem.with_suffix(".onnx"))}
-    card = json.loads((folder / "model_card.json").read_text())
-    model = load_model(folder / "model.onnx").model
     config = defense_config(resolve_method("recommended", recover=recipe), FineTuneConfig(device="cpu", seed=seed),
                             seed=seed)
-    result = fine_prune(model, resolve_prune_point(model, None), defender_data(folder, card),
-                        test=open_dataset(folder / "clean_test.npz"),
-                        triggered=open_dataset(folder / "triggered_test.npz"), attack=attack_of(card),
-                        config=config, options=RuntimeOptions(device="cpu"))
+    result = defend_zoo_model(folder, config, "cpu").result
     attempt = result.method["recover_attempts"][-1]
     row = {"result": result.table["fine-pruning"].to_dict(), "vendor": result.table["none"].to_dict(),
            "passed_floor": attempt["failure"] is None and not attempt["below_floor"]}
-    onnx.save(result.defended, str(stem.with_suffix(".onnx")))
-    stem.with_suffix(".json").write_text(json.dumps(row, indent=1))
+    save_model(result.defended, stem.with_suffix(".onnx"))
+    write_json(stem.with_suffix(".json"), row)  # last: its presence says the pair is complete
     return {**row, "onnx": str(stem.with_suffix(".onnx"))}
 
 
@@ -99,10 +90,14 @@ def predictions(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([module(part).reshape(len(part), -1).argmax(1) for part in x.split(256)])
 
 
+def share_sent_to(predicted: torch.Tensor, y: torch.Tensor, target: int) -> float:
+    """The fraction of inputs of classes other than `target` that are predicted as `target`."""
+    return float(((predicted == target) & (y != target)).sum()) / max(1, int((y != target).sum()))
+
+
 def reach(predicted: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
     """The largest fraction of inputs of other classes that are predicted as one class, and that class."""
-    fractions = [float(((predicted == c) & (y != c)).sum()) / max(1, int((y != c).sum()))
-                 for c in range(int(max(y.max(), predicted.max())) + 1)]
+    fractions = [share_sent_to(predicted, y, c) for c in range(int(max(y.max(), predicted.max())) + 1)]
     best = int(np.argmax(fractions))
     return fractions[best], best
 
@@ -137,9 +132,7 @@ def probe_scores(candidate: Path, vendor_patches: dict, x: torch.Tensor, y: torc
     scores = {}
     for area, (patch, _, target) in vendor_patches.items():
         scores[f"self {area:g}"] = strongest_patch(module, kind, x, y, area, seed)[1]
-        predicted = predictions(module, patch.stamp(x))
-        scores[f"transfer {area:g}"] = float(((predicted == target) & (y != target)).sum()) / max(
-            1, int((y != target).sum()))
+        scores[f"transfer {area:g}"] = share_sent_to(predictions(module, patch.stamp(x)), y, target)
     return scores
 
 
@@ -164,7 +157,7 @@ def cached_cell(folder: Path, seed: int, recipes: tuple[str, str], work: Path) -
     if path.exists():
         return json.loads(path.read_text())
     row = measure_cell(folder, seed, recipes, work)
-    path.write_text(json.dumps(row, indent=1))
+    write_json(path, row)
     return row
 
 
@@ -254,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     png = plot(rows, RESULTS / "trigger_free_selector.png")
     payload = {"probe_areas": PROBE_AREAS, "tie": TIE, "summary": totals, "rows": rows, "plot": png.name,
                "versions": library_versions()}
-    (RESULTS / "trigger_free_selector.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(RESULTS / "trigger_free_selector.json", payload)
     return 0
 
 
