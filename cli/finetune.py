@@ -78,7 +78,7 @@ def command(**params) -> None:
     json_path = write_json(out_dir / "finetune.json", report)
     recoveries = f", {result.describe_recoveries()}" if result.recoveries else ""
     click.echo(f"validation accuracy {result.initial_val_accuracy:.4f} -> {result.best_val_accuracy:.4f} "
-               f"(best epoch {result.best_epoch}{recoveries}, {result.seconds:.1f} s on {result.device}, "
+               f"({result.describe_kept()}{recoveries}, {result.seconds:.1f} s on {result.device}, "
                f"{context.world_size} process(es))")
     click.echo(f"wrote {model_path}, {json_path}")
     if not guard.passed:

@@ -23,7 +23,8 @@ finetune_options = compose(
     click.option("--patience", type=click.IntRange(min=1), default=None,
                  help="Stop after this many epochs without validation improvement (default: the recipe's)."),
     click.option("--keep", type=click.Choice(KEEP_POLICIES), default=None,
-                 help="Return the best epoch on validation or the last one (default: the recipe's)."),
+                 help="Return the best epoch on validation, the last one, or the average of the good epochs in the "
+                      "second half of the budget (default: the recipe's)."),
     click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
                  help="L2 weight decay (default: the recipe's)."),
     click.option("--label-smoothing", type=FINITE_FLOAT, default=0.0, show_default=True,

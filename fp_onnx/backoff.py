@@ -1,8 +1,10 @@
 """What fine-tuning does when it goes wrong: restore good weights, lower the learning rate, go on.
 
-Also which epoch a run returns: the best on validation (`keep="best"`, the paper's
-early stopping) or the last good one (`keep="last"`, for recipes measured with a fixed
-budget, where a validation split of a few dozen samples cannot tell epochs apart).
+Also which weights a run returns: the best epoch on validation (`keep="best"`, the paper's
+early stopping), the last good one (`keep="last"`, for recipes measured with a fixed
+budget, where a validation split of a few dozen samples cannot tell epochs apart), or the
+mean of the good epochs over the second half of the budget (`keep="average"`,
+`fp_onnx.weight_average`).
 
 Two kinds of trouble, one remedy (restore, multiply every learning rate by
 `lr_backoff`, fresh optimizer state, try again), from one bounded budget
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING
 from fp_onnx.data import Dataset
 from fp_onnx.divergence import DivergenceMonitor
 from fp_onnx.training import Trainer
+from fp_onnx.weight_average import WeightAverage, refresh_batch_norm
 
 if TYPE_CHECKING:
     from fp_onnx.finetune import FineTuneResult
@@ -70,7 +73,7 @@ class RecoveringRun:
         best = _Best()
         while True:
             attempt = self._epochs(start_state)
-            if attempt.state is not None and self.config.keep == "last":
+            if attempt.state is not None and self.config.keep != "best":
                 best = attempt  # a restarted attempt replaces the one that ended below the floor
             elif attempt.state is not None:
                 best.offer(attempt.accuracy, attempt.state, attempt.epoch)
@@ -85,6 +88,7 @@ class RecoveringRun:
     def _epochs(self, start_state: dict) -> _Best:
         """One attempt from epoch 1: returns its best good epoch (state None when none survived)."""
         good_state, good_epoch, best, stale, epoch = start_state, 0, _Best(), 0, 1
+        average = WeightAverage(self.config.epochs)
         while epoch <= self.config.epochs:
             self.monitor.restart()
             outcome = self.trainer.train_epoch(self.train, epoch, self.monitor, self.progress)
@@ -100,15 +104,32 @@ class RecoveringRun:
                     break
                 continue
             good_state, good_epoch = self.trainer.snapshot(), epoch
+            average.offer(good_state, epoch)
             stale = 0 if accuracy > best.accuracy + 1e-9 else stale + 1
-            if self.config.keep == "last":
+            if self.config.keep != "best":
                 best = _Best(accuracy, good_state, epoch)
             else:
                 best.offer(accuracy, good_state, epoch)
             if self.config.patience is not None and stale >= self.config.patience:
                 break
             epoch += 1
-        return best
+        return self._averaged(average, best) if self.config.keep == "average" else best
+
+    def _averaged(self, average: WeightAverage, last: _Best) -> _Best:
+        """The attempt's averaged weights, measured on validation; its last good epoch when no epoch was averaged
+        or the mean's outputs are not finite."""
+        state = average.state()
+        if state is None or last.state is None:
+            self.result.averaged_epochs = 0
+            return last
+        self.trainer.restore(state)
+        refresh_batch_norm(self.trainer.module, self.train, self.config.batch_size, self.trainer.device)
+        evaluation = self.trainer.evaluate(self.val)
+        if not evaluation.finite:
+            self.result.averaged_epochs = 0
+            return last
+        self.result.averaged_epochs = average.count
+        return _Best(evaluation.accuracy, self.trainer.snapshot(), last.epoch)
 
     def _made_unusable(self, attempt: _Best) -> bool:
         if self.floor is None or self.monitor.initial_accuracy < self.floor - 1e-12:

@@ -69,7 +69,8 @@ class FineTuneConfig:
     patience: int | None = None
     """Epochs without validation improvement before stopping; None after resolving: no early stopping."""
     keep: str | None = None
-    """Which epoch's weights to return: 'best' (validation accuracy) or 'last'."""
+    """Which weights to return: 'best' (the epoch with the best validation accuracy), 'last' (the last good
+    epoch) or 'average' (the mean of the good epochs' weights over the second half of the budget)."""
     label_smoothing: float = 0.0
     """Share of the target put uniformly on all classes (0: plain cross-entropy)."""
     noise: float = 0.0
@@ -159,6 +160,8 @@ class FineTuneResult:
     calibration: dict = field(default_factory=dict)
     teacher: dict | None = None
     """For a recipe that trains its teacher first: which recipe, how it ended, how long it took."""
+    averaged_epochs: int = 0
+    """With `keep="average"`: how many epochs' weights the returned model is the mean of (0: none were)."""
 
     def to_dict(self) -> dict:
         return {
@@ -173,8 +176,15 @@ class FineTuneResult:
             "final_lr": self.final_lr,
             "calibration": {key: _json_number(value) for key, value in self.calibration.items()},
             "teacher": self.teacher,
+            "averaged_epochs": self.averaged_epochs,
             "history": self.history,
         }
+
+    def describe_kept(self) -> str:
+        """Which weights the run returned, for one-line summaries: 'best epoch 4', 'mean of 40 epochs to epoch 80'."""
+        if self.averaged_epochs:
+            return f"mean of {self.averaged_epochs} epochs to epoch {self.best_epoch}"
+        return f"{'best' if self.config.get('keep') == 'best' else 'last'} epoch {self.best_epoch}"
 
     def describe_recoveries(self) -> str:
         """'' or e.g. '2 recoveries (lr 0.001 -> 1e-05)'; for one-line summaries."""

@@ -20,7 +20,7 @@ from fp_onnx.prune_point import resolve_prune_point
 from fp_onnx.recipes import RECIPES, TrainingBatch, TrainingPlan, adversarial, register_recipe
 from fp_onnx.recipes.adversarial import (LONG_EPOCHS, SMALL_PATCH_AREA, Unlearning, adversarial_unlearning,
                                          balance_factor, data_radius, freeze_teacher, gradient_norm, mixed_inputs,
-                                         universal_perturbation)
+                                         shared_mistake_loss, universal_perturbation)
 from fp_onnx.recipes.attention import attention_distillation, attention_map, prepare_attention_teacher
 from fp_onnx.recipes.feature_shift import reinitialise_head
 from fp_onnx.recipes.head import classifier_parameters
@@ -206,7 +206,56 @@ def test_the_small_patch_recipe_trains_twice_as_long_as_the_gentle_one():
     small, gentle = (FineTuneConfig(recipe=name).resolved() for name in ("adversarial-patch-small",
                                                                          "adversarial-patch-gentle"))
     assert small.epochs == LONG_EPOCHS == 2 * gentle.epochs and small.lr == gentle.lr
+    assert small.keep == "average" and gentle.keep == "last"  # the mean of its second half (test_weight_average)
     assert FineTuneConfig(recipe="adversarial-patch-small", epochs=5).resolved().epochs == 5  # the user's wins
+
+
+class _FixedScores(torch.nn.Module):
+    """A teacher that answers every input with the same scores."""
+
+    def __init__(self, scores: torch.Tensor):
+        super().__init__()
+        self.scores = scores
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scores.expand(len(x), -1)
+
+
+def test_shared_mistake_loss_counts_only_the_teachers_mistakes_and_pushes_away_from_them():
+    teacher = _FixedScores(torch.tensor([[0.0, 5.0, 0.0]]))  # always class 1
+    y = torch.tensor([1, 2])  # right on the first input, wrong on the second
+    logits = torch.tensor([[0.0, 2.0, 0.0], [0.0, 2.0, 0.0]], requires_grad=True)
+    batch = TrainingBatch(torch.zeros(2, 4), y, logits, teacher, "logits")
+    loss = shared_mistake_loss(logits, teacher, batch.x, batch)
+    p = torch.softmax(logits.detach(), dim=1)[1, 1]
+    assert float(loss) == pytest.approx(-math.log(1 - float(p)) / 2, rel=1e-5)  # the right answer adds 0
+    loss.backward()
+    assert logits.grad[0].abs().sum() == 0  # the teacher's right answers are left alone
+    assert logits.grad[1, 1] > 0 and logits.grad[1, 0] < 0 and logits.grad[1, 2] < 0  # away from class 1 only
+    other = _FixedScores(torch.tensor([[0.0, 0.0, 5.0]]))  # always class 2: now the first input is its mistake
+    p_first = torch.softmax(logits.detach(), dim=1)[0, 2]
+    assert float(shared_mistake_loss(logits, other, batch.x, batch)) == pytest.approx(
+        -math.log(1 - float(p_first)) / 2, rel=1e-5)
+
+
+def test_the_shared_recipe_trains_perturbed_inputs_away_from_the_teachers_class_not_towards_the_label(
+        data, monkeypatch):
+    model, train, _ = data
+    monkeypatch.setattr(adversarial, "balance_factor", lambda *args: 1.0)  # the cap is tested on its own
+    module = onnx_to_torch(model).train()
+    config = FineTuneConfig(recipe="adversarial-shared").resolved()
+    state = RECIPES["adversarial-shared"].prepare(module, config, None)
+    plan = RECIPES["adversarial-shared"].build(module, [{"params": list(module.parameters())}], config, 10, state)
+    first = train.take(np.arange(16))
+    x, y = torch.tensor(first.x, dtype=torch.float32), torch.tensor(first.y).long()
+    batch = TrainingBatch(x, y, module(x), module, "logits")
+    shared = float(plan.loss_terms[1](batch).detach())  # the patch term
+    with torch.no_grad():
+        perturbed = state.perturbations["patch"].stamp(x)
+        expected = shared_mistake_loss(module.eval()(perturbed), state.teacher, perturbed, batch)
+    assert shared == pytest.approx(float(expected), rel=1e-4)
+    assert config.epochs == LONG_EPOCHS and state.perturbations["patch"].mask.sum() <= \
+        SMALL_PATCH_AREA * state.perturbations["patch"].mask.numel() * (1 + 1e-4)
 
 
 def test_capped_terms_of_one_batch_share_one_clean_gradient(data, monkeypatch):

@@ -78,7 +78,9 @@ Prepare = Callable[[torch.nn.Module, "FineTuneConfig", "torch.nn.Module | None"]
 """prepare(module, config, reference): `reference` is the vendor's unpruned model as a torch module (or None:
 then `module` itself is the reference), for recipes that keep its clean behaviour."""
 
-KEEP_POLICIES = ("best", "last")
+KEEP_POLICIES = ("best", "last", "average")
+"""Which weights a run returns: its best epoch on validation, its last good epoch, or the average of its good
+epochs over the second half of the budget (`fp_onnx.weight_average`)."""
 
 
 @dataclass(frozen=True)
