@@ -88,7 +88,7 @@ class RecoveringRun:
     def _epochs(self, start_state: dict) -> _Best:
         """One attempt from epoch 1: returns its best good epoch (state None when none survived)."""
         good_state, good_epoch, best, stale, epoch = start_state, 0, _Best(), 0, 1
-        average = WeightAverage(self.config.epochs)
+        average = WeightAverage(self.config.epochs) if self.config.keep == "average" else None
         while epoch <= self.config.epochs:
             self.monitor.restart()
             outcome = self.trainer.train_epoch(self.train, epoch, self.monitor, self.progress)
@@ -104,7 +104,8 @@ class RecoveringRun:
                     break
                 continue
             good_state, good_epoch = self.trainer.snapshot(), epoch
-            average.offer(good_state, epoch)
+            if average is not None:
+                average.offer(good_state, epoch)
             stale = 0 if accuracy > best.accuracy + 1e-9 else stale + 1
             if self.config.keep != "best":
                 best = _Best(accuracy, good_state, epoch)
@@ -113,20 +114,19 @@ class RecoveringRun:
             if self.config.patience is not None and stale >= self.config.patience:
                 break
             epoch += 1
-        return self._averaged(average, best) if self.config.keep == "average" else best
+        return best if average is None else self._averaged(average, best)
 
     def _averaged(self, average: WeightAverage, last: _Best) -> _Best:
         """The attempt's averaged weights, measured on validation; its last good epoch when no epoch was averaged
         or the mean's outputs are not finite."""
+        self.result.averaged_epochs = 0
         state = average.state()
         if state is None or last.state is None:
-            self.result.averaged_epochs = 0
             return last
         self.trainer.restore(state)
         refresh_batch_norm(self.trainer.module, self.train, self.config.batch_size, self.trainer.device)
         evaluation = self.trainer.evaluate(self.val)
         if not evaluation.finite:
-            self.result.averaged_epochs = 0
             return last
         self.result.averaged_epochs = average.count
         return _Best(evaluation.accuracy, self.trainer.snapshot(), last.epoch)

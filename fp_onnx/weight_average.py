@@ -35,25 +35,30 @@ class WeightAverage:
         self.first_epoch = int(epochs * AVERAGE_FROM) + 1
         self.count = 0
         self._sum: dict[str, torch.Tensor] = {}
+        """Float tensors: the running sum, in float64."""
         self._latest: dict[str, torch.Tensor] = {}
+        """Other tensors: the latest value."""
+        self._dtypes: dict[str, torch.dtype] = {}
 
     def offer(self, state: dict[str, torch.Tensor], epoch: int) -> None:
         if epoch < self.first_epoch:
             return
         for name, tensor in state.items():
+            self._dtypes[name] = tensor.dtype
             if torch.is_floating_point(tensor):
                 total = self._sum.get(name)
                 value = tensor.detach().double()
                 self._sum[name] = value.clone() if total is None else total + value
-            self._latest[name] = tensor.detach().clone()
+            else:
+                self._latest[name] = tensor.detach().clone()
         self.count += 1
 
     def state(self) -> dict[str, torch.Tensor] | None:
         """The averaged state dict (each tensor in its own dtype), or None when nothing was offered."""
         if self.count == 0:
             return None
-        return {name: (self._sum[name] / self.count).to(latest.dtype) if name in self._sum else latest
-                for name, latest in self._latest.items()}
+        return {name: (self._sum[name] / self.count).to(dtype) if name in self._sum else self._latest[name]
+                for name, dtype in self._dtypes.items()}
 
 
 def batch_norms(module: torch.nn.Module) -> list[BatchNorm]:
