@@ -15,7 +15,8 @@ rule), and the result is measured on the clean and triggered test sets:
     python bench/reproduce_paper.py --zoo out/zoo [--models ...] [--methods ...] [--device cpu] [--seeds 3]
 
 Every (model, method, seed) result is cached in bench/results/defense_zoo/ (delete a file
-to rerun it), so the benchmark can run in pieces. `--seeds N` also runs seeds 1..N-1 (the
+to rerun it; a cell whose method now tries other recipes is rerun too), so the benchmark
+can run in pieces. `--seeds N` also runs seeds 1..N-1 (the
 CLI's `--seed`: validation split, ranking and fine-tuning; the defender's clean set stays
 the same sample): the main tables show seed 0, a spread table every cell with more than
 one seed, since on sets of a few hundred samples one seed can mislead. Writes
@@ -151,6 +152,26 @@ def run_one(folder: Path, method: str, device: str, figures: Path, seed: int = 0
             "curve": result.prune.curve.to_dict()}
 
 
+def recipe_order(name: str) -> list[str]:
+    """Every recipe the benchmark method `name` may try, in order (`fp_onnx.defense.recovery_attempts`: the
+    unlearning recipes, then the fallbacks on the deeper pruning and again on the method's own)."""
+    config = method_config(name, "cpu")
+    return [config.finetune.recipe, *config.second_recipes, *config.fallback_recipes * 2]
+
+
+def is_current(run: dict) -> bool:
+    """Whether a cached cell tried the recipes its method tries now, in the same order. A cell measured under an
+    earlier cascade (another second recipe, say) no longer describes the method: the benchmark reruns it, and
+    until then the tables mark it."""
+    tried = [attempt["recipe"] for attempt in run["recover"]["recover_attempts"]]
+    return tried == recipe_order(run["method"])[:len(tried)]
+
+
+STALE_MARK = " ‡"
+STALE_NOTE = ("‡: measured with an earlier version of the method (it tried a recipe the method no longer tries at "
+              "that step); the benchmark reruns such a cell, and until then it does not describe the method.")
+
+
 def cell(row: dict | None) -> str:
     if row is None:
         return "–"
@@ -180,8 +201,9 @@ def spread_lines(runs: list[dict], methods: list[str]) -> list[str]:
         group.sort(key=seed_of)
         clean = [r["table"]["fine-pruning"]["clean_accuracy"] for r in group]
         attack = [r["table"]["fine-pruning"]["attack_success"] for r in group]
+        mark = STALE_MARK if not all(map(is_current, group)) else ""
         rows.append(f"| {model} | {method} | {', '.join(str(seed_of(r)) for r in group)} | {spread(clean)} | "
-                    f"{spread(attack)} | {sum(meets_goal(r) for r in group)}/{len(group)} |")
+                    f"{spread(attack)} | {sum(meets_goal(r) for r in group)}/{len(group)}{mark} |")
     if not rows:
         return []
     return ["## Spread over seeds", "",
@@ -216,15 +238,19 @@ def write_results(runs: list[dict], methods: list[str], args) -> None:
             run = by.get((model, m))
             text = cell(None if run is None else run["table"]["fine-pruning"])
             text = f"**{text}**" if run is not None and meets_goal(run) else text
-            cells.append(text + " †" if run is not None and run["finetune"].get("failure") else text)
+            text = text + " †" if run is not None and run["finetune"].get("failure") else text
+            cells.append(text + STALE_MARK if run is not None and not is_current(run) else text)
         lines.append(f"| {model} | {cell(vendor)} | " + " | ".join(cells) + " |")
     met = {m: sum(meets_goal(by[k, m]) for k in models if (k, m) in by) for m in methods}
     ran = {m: sum((k, m) in by for k in models) for m in methods}
-    lines += ["", "Goal met: " + ", ".join(f"{m} {met[m]}/{ran[m]}" for m in methods), "",
+    stale = {m: sum(not is_current(by[k, m]) for k in models if (k, m) in by) for m in methods}
+    lines += ["", "Goal met: " + ", ".join(f"{m} {met[m]}/{ran[m]}" + (f" (‡: {stale[m]})" if stale[m] else "")
+                                           for m in methods), "",
               "†: the recipe's training failed (diverged or collapsed past its back-offs) and stopped; the cell is "
               "the model it stopped at, which the ship guard refuses when it is below the accuracy limit. "
               "`rank:NAME` runs that criterion with the paper's threshold and recovery; `recover:NAME` runs the "
-              "paper's ranking and threshold with that recipe alone, no fallback.", ""]
+              "paper's ranking and threshold with that recipe alone, no fallback.",
+              *([STALE_NOTE] if any(stale.values()) else []), ""]
     lines += spread_lines(every_seed, methods)
     lines += ["## The paper's Table 1 (method `paper`, with its baselines)", "",
               "| model | None | Pruning | Fine-Tuning | Fine-Pruning | paper None | paper Fine-Tuning | paper Fine-Pruning |",
@@ -293,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             for seed in range(args.seeds):
                 cached = cache_path(folder.name, method, seed)
-                if cached.exists():
+                if cached.exists() and is_current(json.loads(cached.read_text())):
                     continue
                 run = run_one(folder, method, args.device, figures, seed)
                 cached.write_text(json.dumps(run, indent=1))

@@ -53,12 +53,14 @@ METHODS: dict[str, Method] = {
     "paper": Method("paper", "activation", ("paper",), 0.04,
                     "the paper's fine-pruning: prune the last conv layer by mean activation within 4 points, "
                     "fine-tune at lr 0.001 with early stopping"),
-    "recommended": Method("recommended", "activation", ("adversarial", "adversarial-gentle", "cosine", "paper"), 0.01,
+    "recommended": Method("recommended", "activation", ("adversarial", "adversarial-patch-small", "cosine", "paper"),
+                          0.01,
                           "prune the channels of the last conv layer that cost (almost) no clean accuracy on all the "
                           "clean data, then unlearn universal perturbations with distillation from the vendor model, "
-                          "failing that more gently (smaller perturbations, capped pull, lower rate, distillation of "
-                          "the pruned model on clean and mixed inputs); where both cost clean accuracy, prune up to 2 "
-                          "points instead and fine-tune with a cosine schedule, failing that the paper's way",
+                          "failing that more gently (smaller perturbations and small patches, capped pull, lower rate, "
+                          "distillation of the pruned model on clean and mixed inputs, twice the epochs, the mean of "
+                          "the second half's weights); where both cost clean accuracy, prune up to 2 points instead "
+                          "and fine-tune with a cosine schedule, failing that the paper's way",
                           # prune only what is free (1 point), accept the 2 points for unlearning;
                           # when unlearning cannot be afforded, spend those 2 points on pruning instead
                           prune_on_all_clean_data=True, max_accuracy_drop=0.02, fallback_threshold=0.02,

@@ -52,12 +52,13 @@ second unlearning term: a universal *patch* (`fp_onnx.recipes.patch`), searched 
 beside the additive perturbation. A patch trigger replaces pixels, which an L2 ball around the
 input reaches only by also containing much else; unlearning patches cost the face model less
 clean accuracy for the same attack success (docs/decisions.md, bullet "Universal patches").
-They are options, not in the default. `adversarial-patch-small` is the gentle one with a patch of 1 % of
-the input and twice the epochs: on the face models it left 0.03-0.11 attack success where the 5 %
-patch over 40 epochs left 0.06-0.20, at about the same clean accuracy (1.5 points lower to 0.8 higher;
-docs/decisions.md, "A smaller patch for longer"). It returns the mean of the weights of its second
+They are options. `adversarial-patch-small`, the default's second attempt, is the gentle one with a
+patch of 1 % of the input and twice the epochs: on the face models it left 0.03-0.11 attack success where
+the 5 % patch over 40 epochs left 0.06-0.20, at about the same clean accuracy (1.5 points lower to 0.8
+higher; docs/decisions.md, "A smaller patch for longer"). It returns the mean of the weights of its second
 half (`keep="average"`, `fp_onnx.weight_average`), which on the face model kept up to 1.3 more
-points of clean accuracy than the last epoch.
+points of clean accuracy than the last epoch. It replaced `adversarial-gentle` in the default once it
+had also removed the GTSRB backdoors that one removes (docs/decisions.md, "The default's second attempt").
 
 `adversarial-shared` is `adversarial-patch-small` with the unlearning target of Shared Adversarial
 Unlearning: a perturbed input is trained away from the teacher's mistake on it, not towards its label
