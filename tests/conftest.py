@@ -4,7 +4,10 @@ from __future__ import annotations
 # ============================================================ model zoo (graph-structure helper)
 # Session-cached exports of tests/model_zoo.py: each (architecture, exporter) pair is
 # exported at most once per test session (dynamo exports cost 5-20 s each here).
+import importlib
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import onnx
@@ -84,3 +87,19 @@ def raw_pixel(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from fp_onnx.models.raw_pixel import build_raw_pixel_speech
 
     return build_raw_pixel_speech(tmp_path_factory.mktemp("raw_pixel"))
+
+
+# ============================================================ benchmark scripts
+@pytest.fixture(scope="session")
+def bench_module() -> Callable[[str], ModuleType]:
+    """Imports a script of bench/ by name: they are scripts run from the repository, not a package, and their
+    bookkeeping (which cells are current, what a probe scores) is tested where the numbers are not."""
+    folder = str(Path(__file__).resolve().parents[1] / "bench")
+
+    def load(name: str) -> ModuleType:
+        sys.path.insert(0, folder)
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(folder)
+    return load

@@ -86,18 +86,10 @@ def test_a_rate_needs_trials_and_a_possible_count():
             proportion_interval(successes, trials)
 
 
-def test_the_cost_interval_benchmark_measures_a_shipped_model(tmp_path):
+def test_the_cost_interval_benchmark_measures_a_shipped_model(bench_module, tmp_path):
     """bench/cost_interval.py on the shipped model, one seed: its row is consistent with itself (the numbers are
     the benchmark's to report, docs/benchmarks.md)."""
-    import sys
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parents[1] / "bench"
-    sys.path.insert(0, str(bench))
-    try:
-        import cost_interval
-    finally:
-        sys.path.remove(str(bench))
+    cost_interval = bench_module("cost_interval")
     row = cost_interval.measure_cell(cost_interval.SHIPPED / "speech_dormant", seed=0)
     low, high = row["interval"]
     assert low <= row["validation_cost"] <= high

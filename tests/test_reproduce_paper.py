@@ -1,23 +1,13 @@
 """bench/reproduce_paper.py's bookkeeping: which cached cells still describe their method (the numbers are the
 benchmark's to report, docs/results.md)."""
-import sys
-from pathlib import Path
-
 import pytest
 
 from fp_onnx.methods import METHODS
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
 
 @pytest.fixture(scope="module")
-def benchmark():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import reproduce_paper
-    finally:
-        sys.path.remove(str(BENCH))
-    return reproduce_paper
+def benchmark(bench_module):
+    return bench_module("reproduce_paper")
 
 
 def cached(method: str, *recipes: str) -> dict:

@@ -1,23 +1,14 @@
 """bench/trigger_free_selector.py: its probes and its bookkeeping (the numbers are the benchmark's to report,
 docs/benchmarks.md)."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
 
 @pytest.fixture(scope="module")
-def selector():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import trigger_free_selector
-    finally:
-        sys.path.remove(str(BENCH))
-    return trigger_free_selector
+def selector(bench_module):
+    return bench_module("trigger_free_selector")
 
 
 def test_reach_is_the_largest_share_of_other_classes_sent_to_one_class(selector):
