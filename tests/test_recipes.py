@@ -228,13 +228,13 @@ def test_shared_mistake_loss_counts_only_the_teachers_mistakes_and_pushes_away_f
     batch = TrainingBatch(torch.zeros(2, 4), y, logits, teacher, "logits")
     loss = shared_mistake_loss(logits, teacher, batch.x, batch)
     p = torch.softmax(logits.detach(), dim=1)[1, 1]
-    assert float(loss) == pytest.approx(-math.log(1 - float(p)) / 2, rel=1e-5)  # the right answer adds 0
+    assert loss.item() == pytest.approx(-math.log(1 - float(p)) / 2, rel=1e-5)  # the right answer adds 0
     loss.backward()
     assert logits.grad[0].abs().sum() == 0  # the teacher's right answers are left alone
     assert logits.grad[1, 1] > 0 and logits.grad[1, 0] < 0 and logits.grad[1, 2] < 0  # away from class 1 only
     other = _FixedScores(torch.tensor([[0.0, 0.0, 5.0]]))  # always class 2: now the first input is its mistake
     p_first = torch.softmax(logits.detach(), dim=1)[0, 2]
-    assert float(shared_mistake_loss(logits, other, batch.x, batch)) == pytest.approx(
+    assert shared_mistake_loss(logits, other, batch.x, batch).item() == pytest.approx(
         -math.log(1 - float(p_first)) / 2, rel=1e-5)
 
 
