@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from fp_onnx.data import open_dataset
-from fp_onnx.defense import DefenseConfig, DefenseResult, fine_prune
+from fp_onnx.defense import DefenseConfig, DefenseResult, attempt_plan, fine_prune
 from fp_onnx.finetune import FineTuneConfig
 from fp_onnx.loading import load_model
 from fp_onnx.methods import METHODS, defense_config, resolve_method
@@ -153,10 +153,8 @@ def run_one(folder: Path, method: str, device: str, figures: Path, seed: int = 0
 
 
 def recipe_order(name: str) -> list[str]:
-    """Every recipe the benchmark method `name` may try, in order (`fp_onnx.defense.recovery_attempts`: the
-    unlearning recipes, then the fallbacks on the deeper pruning and again on the method's own)."""
-    config = method_config(name, "cpu")
-    return [config.finetune.recipe, *config.second_recipes, *config.fallback_recipes * 2]
+    """Every recipe the benchmark method `name` may try, in order (`fp_onnx.defense.attempt_plan`)."""
+    return [recipe for recipe, _ in attempt_plan(method_config(name, "cpu"))]
 
 
 def is_current(run: dict) -> bool:
@@ -223,6 +221,7 @@ def write_results(runs: list[dict], methods: list[str], args) -> None:
     by = {(r["model"], r["method"]): r for r in runs}
     methods = [m for m in methods if any(r["method"] == m for r in runs)]  # a column for every method that ran
     models = sorted({r["model"] for r in runs if r["method"] in methods})
+    stale = {key for key, run in by.items() if key[1] in methods and not is_current(run)}
     lines = ["# Defense results: zoo models x methods", "",
              "Produced by `python bench/reproduce_paper.py` (cached per model and method in "
              "`bench/results/defense_zoo/`). Each cell is **clean accuracy / attack success** of the shipped model "
@@ -239,18 +238,18 @@ def write_results(runs: list[dict], methods: list[str], args) -> None:
             text = cell(None if run is None else run["table"]["fine-pruning"])
             text = f"**{text}**" if run is not None and meets_goal(run) else text
             text = text + " †" if run is not None and run["finetune"].get("failure") else text
-            cells.append(text + STALE_MARK if run is not None and not is_current(run) else text)
+            cells.append(text + STALE_MARK if (model, m) in stale else text)
         lines.append(f"| {model} | {cell(vendor)} | " + " | ".join(cells) + " |")
     met = {m: sum(meets_goal(by[k, m]) for k in models if (k, m) in by) for m in methods}
     ran = {m: sum((k, m) in by for k in models) for m in methods}
-    stale = {m: sum(not is_current(by[k, m]) for k in models if (k, m) in by) for m in methods}
-    lines += ["", "Goal met: " + ", ".join(f"{m} {met[m]}/{ran[m]}" + (f" (‡: {stale[m]})" if stale[m] else "")
-                                           for m in methods), "",
+    stale_count = {m: sum((k, m) in stale for k in models) for m in methods}
+    lines += ["", "Goal met: " + ", ".join(f"{m} {met[m]}/{ran[m]}" + (f" (‡: {stale_count[m]})" if stale_count[m]
+                                                                      else "") for m in methods), "",
               "†: the recipe's training failed (diverged or collapsed past its back-offs) and stopped; the cell is "
               "the model it stopped at, which the ship guard refuses when it is below the accuracy limit. "
               "`rank:NAME` runs that criterion with the paper's threshold and recovery; `recover:NAME` runs the "
               "paper's ranking and threshold with that recipe alone, no fallback.",
-              *([STALE_NOTE] if any(stale.values()) else []), ""]
+              *([STALE_NOTE] if stale else []), ""]
     lines += spread_lines(every_seed, methods)
     lines += ["## The paper's Table 1 (method `paper`, with its baselines)", "",
               "| model | None | Pruning | Fine-Tuning | Fine-Pruning | paper None | paper Fine-Tuning | paper Fine-Pruning |",

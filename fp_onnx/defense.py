@@ -220,19 +220,32 @@ def recover_step(vendor: onnx.ModelProto, point: PrunePoint, pruned: PruneOutcom
     return tuned, attempts, start
 
 
+def attempt_plan(config: DefenseConfig) -> list[tuple[str, bool]]:
+    """Every (recipe, on the deeper pruning) pair a defense may try, in order: the first recipe and the second ones
+    on the method's own pruning; then, with a `fallback_rule`, every fallback recipe on the deeper pruning, and
+    every fallback recipe on the method's own pruning. `recovery_attempts` follows it, and the benchmark reads
+    from it which recipes a method tries."""
+    plan = [(recipe, False) for recipe in (config.finetune.recipe, *config.second_recipes)]
+    if config.fallback_rule is not None:
+        plan += [(recipe, True) for recipe in config.fallback_recipes]
+    return plan + [(recipe, False) for recipe in config.fallback_recipes]
+
+
 def recovery_attempts(vendor: onnx.ModelProto, point: PrunePoint, pruned: PruneOutcome,
                       config: DefenseConfig) -> Iterator[tuple[str, PruneOutcome]]:
-    """The (recipe, pruning) pairs to try, in order: the first recipe and the second ones on `pruned`; then
-    every fallback recipe on the deeper pruning of `config.fallback_rule` (cut only when it is needed), and,
-    should none of them keep clean accuracy there, every fallback recipe on `pruned` again: deeper pruning is
-    worth a try where unlearning was refused, never the reason a model that the gentle recipes keep usable is
-    refused."""
-    for recipe in (config.finetune.recipe, *config.second_recipes):
-        yield recipe, pruned
-    deeper = pruned if config.fallback_rule is None else prune_deeper(vendor, point, pruned, config.fallback_rule)
-    for start in (deeper, pruned) if deeper is not pruned else (pruned,):
-        for recipe in config.fallback_recipes:
-            yield recipe, start
+    """The (recipe, pruning) pairs of `attempt_plan` to try, in order, the deeper pruning cut only when it is
+    needed (and skipped when it cuts no more than `pruned`). Deeper pruning is worth a try where unlearning was
+    refused, never the reason a model that the gentle recipes keep usable is refused: should no fallback keep
+    clean accuracy there, they run again on `pruned`."""
+    deeper = None
+    for recipe, on_deeper in attempt_plan(config):
+        if not on_deeper:
+            yield recipe, pruned
+            continue
+        if deeper is None:
+            deeper = prune_deeper(vendor, point, pruned, config.fallback_rule)
+        if deeper is not pruned:
+            yield recipe, deeper
 
 
 def prune_deeper(vendor: onnx.ModelProto, point: PrunePoint, outcome: PruneOutcome, rule: StopRule) -> PruneOutcome:
