@@ -162,6 +162,9 @@ class FineTuneResult:
     """For a recipe that trains its teacher first: which recipe, how it ended, how long it took."""
     averaged_epochs: int = 0
     """With `keep="average"`: how many epochs' weights the returned model is the mean of (0: none were)."""
+    findings: dict = field(default_factory=dict)
+    """What the recipe learned about the model on the way (its prepared state's `findings()`), e.g. the warp scan's
+    suspect class: a defender wants to know what a search found, not only what training made of it."""
 
     def to_dict(self) -> dict:
         return {
@@ -177,6 +180,7 @@ class FineTuneResult:
             "calibration": {key: _json_number(value) for key, value in self.calibration.items()},
             "teacher": self.teacher,
             "averaged_epochs": self.averaged_epochs,
+            "findings": self.findings,
             "history": self.history,
         }
 
@@ -262,6 +266,7 @@ def fine_tune(
     monitor = DivergenceMonitor(calibration.reference_loss, _classes(model), start.accuracy,
                                 config.loss_blowup, config.collapse_drop)
     RecoveringRun(trainer, train, val, monitor, result, accuracy_floor, progress and context.is_main).run()
+    result.findings = prepared.findings() if hasattr(prepared, "findings") else {}
     result.model = write_back(model, module.cpu())
     result.seconds = time.perf_counter() - started
     return result

@@ -12,7 +12,9 @@ the same way for every recipe. The seam between the two:
   vendor's unpruned model, converted to torch and moved to the device: work and memory
   the others would throw away); one registered with `teacher_recipe=NAME` is given
   the start model fine-tuned by that recipe first instead (a teacher trained on the
-  same clean data, as attention distillation needs); the others get None;
+  same clean data, as attention distillation needs); the others get None. What it
+  returns may have a `findings()` method: what the recipe learned about the model
+  (a scan's verdict), which the run reports (`FineTuneResult.findings`);
 * `build(module, groups, config, steps_per_epoch, prepared)` returns a `TrainingPlan`:
   the optimizer over the given parameter groups (each with its learning rate already
   set: layer-wise scaling and back-off happen in the loop), an optional per-step

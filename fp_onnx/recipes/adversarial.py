@@ -75,6 +75,8 @@ import torch.nn.functional as F
 from fp_onnx.recipes import TrainingBatch, TrainingPlan, frozen_teacher, register_recipe, sgd_or_adam
 from fp_onnx.recipes.patch import PATCH_AREA, Patch, universal_patch
 from fp_onnx.recipes.schedule import cosine_schedule
+from fp_onnx.recipes.warp import (Warp, anomaly_index, spatial_layout, suspect_class, universal_warp,
+                                  warp_success)
 from fp_onnx.errors import BadOptionError
 from fp_onnx.losses import as_log_probabilities, classification_loss
 from fp_onnx.module_mode import evaluation_mode
@@ -94,8 +96,14 @@ KD_TEMPERATURE = 2.0
 @dataclass
 class UnlearningState:
     teacher: torch.nn.Module
-    perturbations: dict[str, torch.Tensor | Patch] = field(default_factory=dict)
-    """The last batch's perturbation of each shape (an additive delta, a patch), where the next search starts."""
+    perturbations: dict[str, torch.Tensor | Patch | WarpSearch] = field(default_factory=dict)
+    """The last batch's perturbation of each shape (an additive delta, a patch, the warp search's state), where the
+    next search starts."""
+
+    def findings(self) -> dict:
+        """What the searches learned about the model, for the report: the warp scan's verdict, when it ran."""
+        warp = self.perturbations.get("warp")
+        return {} if warp is None else {"warp_scan": warp.to_dict()}
 
 
 def freeze_teacher(module: torch.nn.Module, config, reference: torch.nn.Module | None = None) -> UnlearningState:
@@ -200,7 +208,8 @@ class Unlearning:
     """Also distil the teacher's outputs on mixed clean inputs (`mixed_inputs`)."""
     shapes: tuple[str, ...] = ("additive",)
     """Which perturbations are searched and unlearned, each with its own term: "additive" (in an L2 ball,
-    `universal_perturbation`), "patch" (a mask and a pattern, `fp_onnx.recipes.patch`)."""
+    `universal_perturbation`), "patch" (a mask and a pattern, `fp_onnx.recipes.patch`), "warp" (a smooth
+    displacement field, `fp_onnx.recipes.warp`)."""
     patch_area: float = PATCH_AREA
     """The patch mask's total as a fraction of the input's elements (`universal_patch`)."""
     target: str = "label"
@@ -219,6 +228,22 @@ def mixed_inputs(x: torch.Tensor) -> torch.Tensor:
     return ratio * x + (1 - ratio) * partners
 
 
+@dataclass
+class WarpSearch:
+    """The warp search's state over a run: the suspect class (None: no warp backdoor evident), the per-class
+    success rates it was chosen from, and the last warp found."""
+
+    target: int | None
+    rates: list[float]
+    warp: Warp | None = None
+
+    def to_dict(self) -> dict:
+        best = max(range(len(self.rates)), key=self.rates.__getitem__) if self.rates else None
+        return {"suspect_class": self.target, "reach": [round(rate, 4) for rate in self.rates],
+                "most_reached_class": best,
+                "anomaly_index": None if best is None else round(anomaly_index(self.rates, best), 2)}
+
+
 def _additive_search(module, batch: TrainingBatch, settings: Unlearning, last):
     delta = universal_perturbation(module, batch, data_radius(batch.x, settings.radius_scale), last)
     return delta, batch.x + delta
@@ -229,8 +254,31 @@ def _patch_search(module, batch: TrainingBatch, settings: Unlearning, last):
     return patch, patch.stamp(batch.x)
 
 
-PERTURBATION_SEARCHES = {"additive": _additive_search, "patch": _patch_search}
-"""`Unlearning.shapes` names: search(module, batch, settings, last found) -> (found, the perturbed batch)."""
+def _warp_search(module, batch: TrainingBatch, settings: Unlearning, last: WarpSearch | None):
+    """A warp towards the class a warp reaches far more easily than the others, decided once on the first batch of
+    the run (`fp_onnx.recipes.warp.suspect_class`); none where no class stands out."""
+    if last is None:
+        channels_last = spatial_layout(batch.x.shape)
+        with _own_random_numbers(batch.x.device):
+            rates = [] if channels_last is None else warp_success(module, batch.x, batch.y, batch.kind)
+        last = WarpSearch(suspect_class(rates), rates)
+    if last.target is None:
+        return last, None
+    last.warp = universal_warp(module, batch.x, batch.y, batch.kind, last.warp, last.target)
+    return last, None if last.warp is None else last.warp.apply(batch.x)
+
+
+def _own_random_numbers(device: torch.device):
+    """A block whose random draws leave the run's generators where they were: a scan that finds nothing then
+    leaves the run exactly as it would have been without it (same batches, same searches, same weights)."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
+
+
+PERTURBATION_SEARCHES = {"additive": _additive_search, "patch": _patch_search, "warp": _warp_search}
+"""`Unlearning.shapes` names: search(module, batch, settings, last found) -> (found, the perturbed batch), where the
+perturbed batch is None when there is nothing to unlearn (no suspect class for warps, or no images): that term is
+then zero."""
 
 
 def adversarial_unlearning(settings: Unlearning):
@@ -250,6 +298,8 @@ def adversarial_unlearning(settings: Unlearning):
                 if len(batch.x) < 2:
                     return batch.scores.sum() * 0.0
                 perturbed = perturbed_inputs(shape, batch)
+                if perturbed is None:
+                    return batch.scores.sum() * 0.0
                 scores = _evaluation_mode_scores(module, perturbed)
                 term = ADV_WEIGHT * (shared_mistake_loss(scores, state.teacher, perturbed, batch)
                                      if settings.target == "shared" else
@@ -357,3 +407,7 @@ register_recipe("adversarial-shared", prepare=freeze_start_model, defaults=SMALL
                         "mistake on them rather than towards their label (after Shared Adversarial Unlearning)")(
     adversarial_unlearning(replace(GENTLE, shapes=("additive", "patch"), patch_area=SMALL_PATCH_AREA,
                                    target="shared")))
+register_recipe("adversarial-warp", prepare=freeze_start_model, defaults=GENTLE_DEFAULTS,
+                summary="the gentle recipe unlearning universal smooth warps (WaNet-style displacement fields) "
+                        "besides additive perturbations: for warping triggers")(
+    adversarial_unlearning(replace(GENTLE, shapes=("additive", "warp"))))
