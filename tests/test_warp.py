@@ -70,6 +70,7 @@ def test_a_targeted_warp_stays_within_budget_and_pulls_inputs_towards_its_class(
     assert float(after) < float(before)
     assert all(p.grad is None for p in module.parameters())
     assert universal_warp(module, x.reshape(len(x), -1), y, "logits", None, target) is None  # not images
+    assert warp_success(module, x.reshape(len(x), -1), y, "logits") == []  # nothing to scan
 
 
 def test_warp_success_gives_every_class_a_rate(speech):

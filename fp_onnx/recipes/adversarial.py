@@ -75,8 +75,7 @@ import torch.nn.functional as F
 from fp_onnx.recipes import TrainingBatch, TrainingPlan, frozen_teacher, register_recipe, sgd_or_adam
 from fp_onnx.recipes.patch import PATCH_AREA, Patch, universal_patch
 from fp_onnx.recipes.schedule import cosine_schedule
-from fp_onnx.recipes.warp import (Warp, anomaly_index, spatial_layout, suspect_class, universal_warp,
-                                  warp_success)
+from fp_onnx.recipes.warp import Warp, anomaly_index, most_reached, suspect_class, universal_warp, warp_success
 from fp_onnx.errors import BadOptionError
 from fp_onnx.losses import as_log_probabilities, classification_loss
 from fp_onnx.module_mode import evaluation_mode
@@ -238,7 +237,7 @@ class WarpSearch:
     warp: Warp | None = None
 
     def to_dict(self) -> dict:
-        best = max(range(len(self.rates)), key=self.rates.__getitem__) if self.rates else None
+        best = most_reached(self.rates)
         return {"suspect_class": self.target, "reach": [round(rate, 4) for rate in self.rates],
                 "most_reached_class": best,
                 "anomaly_index": None if best is None else round(anomaly_index(self.rates, best), 2)}
@@ -258,9 +257,8 @@ def _warp_search(module, batch: TrainingBatch, settings: Unlearning, last: WarpS
     """A warp towards the class a warp reaches far more easily than the others, decided once on the first batch of
     the run (`fp_onnx.recipes.warp.suspect_class`); none where no class stands out."""
     if last is None:
-        channels_last = spatial_layout(batch.x.shape)
         with _own_random_numbers(batch.x.device):
-            rates = [] if channels_last is None else warp_success(module, batch.x, batch.y, batch.kind)
+            rates = warp_success(module, batch.x, batch.y, batch.kind)
         last = WarpSearch(suspect_class(rates), rates)
     if last.target is None:
         return last, None

@@ -141,7 +141,10 @@ def universal_warp(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ki
 
 
 def warp_success(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str) -> list[float]:
-    """For each class, the fraction of the other classes' inputs that a warp searched towards it sends there."""
+    """For each class, the fraction of the other classes' inputs that a warp searched towards it sends there; no
+    rates at all for a batch of non-images, which have no warp."""
+    if spatial_layout(x.shape) is None:
+        return []
     with evaluation_mode(module), torch.no_grad():
         classes = module(x[:1]).reshape(1, -1).shape[1]
     rates = []
@@ -150,10 +153,16 @@ def warp_success(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, kind
         if warp is None:
             rates.append(0.0)
             continue
+        others = x[y != target]
         with evaluation_mode(module), torch.no_grad():
-            predicted = module(warp.apply(x[y != target])).reshape(int((y != target).sum()), -1).argmax(dim=1)
+            predicted = module(warp.apply(others)).reshape(len(others), -1).argmax(dim=1)
         rates.append(float((predicted == target).float().mean()))
     return rates
+
+
+def most_reached(rates: list[float]) -> int | None:
+    """The class with the highest rate (the first of equals), None when there are no rates."""
+    return max(range(len(rates)), key=rates.__getitem__) if rates else None
 
 
 def anomaly_index(rates: list[float], index: int) -> float:
@@ -168,5 +177,5 @@ def suspect_class(rates: list[float]) -> int | None:
     """The class a warp reaches far more easily than the others (`SUSPECT_SUCCESS`, `SUSPECT_ANOMALY`), if one does."""
     if len(rates) < 3:
         return None
-    best = max(range(len(rates)), key=rates.__getitem__)
+    best = most_reached(rates)
     return best if rates[best] >= SUSPECT_SUCCESS and anomaly_index(rates, best) >= SUSPECT_ANOMALY else None
