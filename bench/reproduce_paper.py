@@ -152,17 +152,20 @@ def run_one(folder: Path, method: str, device: str, figures: Path, seed: int = 0
             "curve": result.prune.curve.to_dict()}
 
 
-def recipe_order(name: str) -> list[str]:
-    """Every recipe the benchmark method `name` may try, in order (`fp_onnx.defense.attempt_plan`)."""
-    return [recipe for recipe, _ in attempt_plan(method_config(name, "cpu"))]
+def recipe_order(name: str, warp_suspected: bool = False) -> list[str]:
+    """Every recipe the benchmark method `name` may try, in order (`fp_onnx.defense.attempt_plan`), given the warp
+    check's verdict."""
+    return [recipe for recipe, _ in attempt_plan(method_config(name, "cpu"), warp_suspected)]
 
 
 def is_current(run: dict) -> bool:
     """Whether a cached cell tried the recipes its method tries now, in the same order. A cell measured under an
     earlier cascade (another second recipe, say) no longer describes the method: the benchmark reruns it, and
-    until then the tables mark it."""
+    until then the tables mark it. A cell cached before the warp check was recorded counts as one where it flagged
+    nothing (measured on the zoo's pruned models: docs/decisions.md, "The warp check")."""
     tried = [attempt["recipe"] for attempt in run["recover"]["recover_attempts"]]
-    return tried == recipe_order(run["method"])[:len(tried)]
+    check = run["recover"].get("warp_check") or {}
+    return tried == recipe_order(run["method"], check.get("suspect_class") is not None)[:len(tried)]
 
 
 STALE_MARK = " ‡"

@@ -30,6 +30,7 @@ from fp_onnx.outputs import prepare_output_dir
 from fp_onnx.report import TABLE_NAMES
 from fp_onnx.reporting import write_defense_outputs
 from fp_onnx.shipping import retire
+from fp_onnx.warp_check import describe_warp_check
 
 RESULT_MODELS = ["defended.onnx", "pruned.onnx"]
 
@@ -117,4 +118,5 @@ def results_table(result) -> str:
                  f"pruned {prune.channels_pruned} of "
                  f"{prune.curve.channels} channels; fine-tuned {tuned.best_epoch} epoch(s){recoveries}; "
                  f"signature {'matches the vendor' if not result.signature_problems else 'DIFFERS'})")
-    return "\n".join(lines)
+    warp = describe_warp_check(result.method.get("warp_check"))
+    return "\n".join(lines + ([f"({warp})"] if warp else []))

@@ -22,7 +22,7 @@ import onnx
 from fp_onnx.data import Dataset, split_dataset
 from fp_onnx.errors import BadDataError, BadOptionError
 from fp_onnx.evaluate import Measurement, measure
-from fp_onnx.finetune import FineTuneConfig, FineTuneResult, fine_tune
+from fp_onnx.finetune import FineTuneConfig, FineTuneResult, fine_tune, torch_device
 from fp_onnx.guard import CleanCheck, check_clean, max_accuracy_drop_for
 from fp_onnx.metrics import AttackSpec
 from fp_onnx.profile import profile_model
@@ -33,6 +33,7 @@ from fp_onnx.ranking import RankingInputs, rank_channels
 from fp_onnx.runtime import RuntimeOptions
 from fp_onnx.signature import signature_differences
 from fp_onnx.surgery import prune_channels
+from fp_onnx.warp_check import WarpCheck, check_for_warp_backdoor
 
 STRATEGIES = ("none", "pruning", "fine-tuning", "fine-pruning")
 
@@ -55,6 +56,9 @@ class DefenseConfig:
     """A looser stop rule for the model the fallback recipes start from first (None: the same pruned model).
     When the first recipe cannot be afforded, the accepted clean-accuracy cost goes to pruning instead, the
     paper's mechanism, on the curve already measured (`recovery_attempts`)."""
+    warp_recipes: tuple[str, ...] = ()
+    """Recipes tried first, on the method's own pruning, when the warp check (`fp_onnx.warp_check`) flags a class:
+    they unlearn warps towards it. Empty: no check."""
     prune_on_all_clean_data: bool = False
     """Rank and stop on the whole of --data (fine-tuning part included) instead of its validation part. The
     paper uses validation data; with a small defender set the validation part is a few dozen samples, too few
@@ -164,7 +168,9 @@ def fine_prune(
     # start is an accuracy on all the clean data when pruning was measured there, training part included).
     vendor = check_clean(model, val, options=options, batch_size=config.batch_size)
     floor = vendor.accuracy - max_drop
-    tuned, attempts, pruned = recover_step(model, point, pruned, train, val, config, floor, progress)
+    warp = check_for_warp_backdoor(pruned.surgery.model, train, config.seed, torch_device(config.finetune.device),
+                                   progress=progress) if config.warp_recipes else None
+    tuned, attempts, pruned = recover_step(model, point, pruned, train, val, config, floor, progress, warp)
     seconds["fine_tune"] = time.perf_counter() - clock
     finetune_only = None
     if config.baselines:
@@ -194,22 +200,23 @@ def fine_prune(
         data=DefenseData(val, scored, vendor, triggered, attack),
         max_accuracy_drop=max_drop,
         method={"name": config.method, "rank": config.rank, "recover": tuned.config.get("recipe"),
-                "recover_attempts": attempts,
+                "recover_attempts": attempts, "warp_check": None if warp is None else warp.to_dict(),
                 "recover_settings": {k: tuned.config.get(k) for k in ("lr", "epochs", "patience", "keep",
                                                                        "weight_decay", "optimizer")}},
     )
 
 
 def recover_step(vendor: onnx.ModelProto, point: PrunePoint, pruned: PruneOutcome, train: Dataset, val: Dataset,
-                 config: DefenseConfig, floor: float, progress: bool
+                 config: DefenseConfig, floor: float, progress: bool, warp: WarpCheck | None = None
                  ) -> tuple[FineTuneResult, list[dict], PruneOutcome]:
     """Fine-tune with each (recipe, pruning) of `recovery_attempts` in turn until one ends at or above `floor`
     without failing. Returns the result kept (the last one tried when none passes: the guard on the written
     file refuses it), one line per attempt, and the pruning the kept result started from. The `vendor` model
-    is what distilling recipes take clean behaviour from."""
+    is what distilling recipes take clean behaviour from; `warp` is the warp check's verdict, when it ran."""
     attempts = []
-    for recipe, start in recovery_attempts(vendor, point, pruned, config):
-        tuned = fine_tune(start.surgery.model, train, val, replace(config.finetune, recipe=recipe),
+    target = None if warp is None else warp.suspect_class
+    for recipe, start in recovery_attempts(vendor, point, pruned, config, warp_suspected=target is not None):
+        tuned = fine_tune(start.surgery.model, train, val, replace(config.finetune, recipe=recipe, warp_target=target),
                           accuracy_floor=floor, progress=progress, reference=vendor)
         usable = tuned.failure is None and tuned.best_val_accuracy >= floor - 1e-12
         attempts.append({"recipe": recipe, "channels_pruned": start.channels_pruned,
@@ -220,25 +227,26 @@ def recover_step(vendor: onnx.ModelProto, point: PrunePoint, pruned: PruneOutcom
     return tuned, attempts, start
 
 
-def attempt_plan(config: DefenseConfig) -> list[tuple[str, bool]]:
-    """Every (recipe, on the deeper pruning) pair a defense may try, in order: the first recipe and the second ones
-    on the method's own pruning; then, with a `fallback_rule`, every fallback recipe on the deeper pruning, and
-    every fallback recipe on the method's own pruning. `recovery_attempts` follows it, and the benchmark reads
-    from it which recipes a method tries."""
-    plan = [(recipe, False) for recipe in (config.finetune.recipe, *config.second_recipes)]
+def attempt_plan(config: DefenseConfig, warp_suspected: bool = False) -> list[tuple[str, bool]]:
+    """Every (recipe, on the deeper pruning) pair a defense may try, in order: the warp recipes when the warp check
+    flagged a class, the first recipe and the second ones on the method's own pruning; then, with a
+    `fallback_rule`, every fallback recipe on the deeper pruning, and every fallback recipe on the method's own
+    pruning. `recovery_attempts` follows it, and the benchmark reads from it which recipes a method tries."""
+    first = (*(config.warp_recipes if warp_suspected else ()), config.finetune.recipe, *config.second_recipes)
+    plan = [(recipe, False) for recipe in first]
     if config.fallback_rule is not None:
         plan += [(recipe, True) for recipe in config.fallback_recipes]
     return plan + [(recipe, False) for recipe in config.fallback_recipes]
 
 
-def recovery_attempts(vendor: onnx.ModelProto, point: PrunePoint, pruned: PruneOutcome,
-                      config: DefenseConfig) -> Iterator[tuple[str, PruneOutcome]]:
+def recovery_attempts(vendor: onnx.ModelProto, point: PrunePoint, pruned: PruneOutcome, config: DefenseConfig,
+                      warp_suspected: bool = False) -> Iterator[tuple[str, PruneOutcome]]:
     """The (recipe, pruning) pairs of `attempt_plan` to try, in order, the deeper pruning cut only when it is
     needed (and skipped when it cuts no more than `pruned`). Deeper pruning is worth a try where unlearning was
     refused, never the reason a model that the gentle recipes keep usable is refused: should no fallback keep
     clean accuracy there, they run again on `pruned`."""
     deeper = None
-    for recipe, on_deeper in attempt_plan(config):
+    for recipe, on_deeper in attempt_plan(config, warp_suspected):
         if not on_deeper:
             yield recipe, pruned
             continue

@@ -94,6 +94,10 @@ class FineTuneConfig:
     """A smoothed training loss above this many times the start loss (and above it plus ln(classes)) diverged."""
     layer_scale_spread: float = 10.0
     """Tensors whose relative step is more than this many times the network's median get a lower lr; 0: never."""
+    warp_target: int | None = None
+    """The class the defense's warp check flagged (`fp_onnx.warp_check`): recipes that unlearn warps search them
+    towards it instead of scanning the classes themselves. None: not checked (those recipes scan on their first
+    batch); other recipes ignore it."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -115,6 +119,8 @@ class FineTuneConfig:
             raise BadOptionError(f"--label-smoothing {self.label_smoothing}: must lie in [0, 1)")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise BadOptionError(f"--weight-decay {self.weight_decay}: must be 0 or more")
+        if self.warp_target is not None and self.warp_target < 0:
+            raise BadOptionError(f"warp target {self.warp_target}: a class index is 0 or more")
         if self.max_recoveries is not None and self.max_recoveries < 0:
             raise BadOptionError(f"--max-recoveries {self.max_recoveries}: must be 0 or more")
         if self.clip_grad_norm != "auto" and (isinstance(self.clip_grad_norm, str) or self.clip_grad_norm < 0):

@@ -20,6 +20,7 @@ import torch
 
 from fp_onnx import __version__
 from fp_onnx.outputs import write_text
+from fp_onnx.warp_check import describe_warp_check
 
 TABLE_NAMES = {"none": "None (vendor model)", "pruning": "Pruning", "fine-tuning": "Fine-Tuning",
                "fine-pruning": "Fine-Pruning"}
@@ -141,6 +142,8 @@ def render_html(report: dict, plots: dict[str, Path]) -> str:
                f"{defense['finetune']['best_epoch']} epoch(s) (validation accuracy "
                f"{_percent(defense['finetune']['best_val_accuracy'])})"
                + (f"; recipes tried: {html.escape(attempts)}" if attempts else "") + ".")
+    warp = describe_warp_check(method.get("warp_check"))
+    summary += f" {html.escape(warp[0].upper() + warp[1:])}." if warp else ""
     attack = report["settings"].get("attack")
     attack_text = "no triggered data given" if attack is None else html.escape(str(attack))
     sections = [

@@ -67,6 +67,9 @@ def test_the_default_method_removes_the_shipped_demos_backdoor():
     assert attempts[-1]["recipe"] == result.method["recover"] and not attempts[-1]["below_floor"]
     assert defended.attack_success <= 0.1 < 0.9 < vendor.attack_success
     assert defended.clean_accuracy >= vendor.clean_accuracy - 0.02
+    check = result.method["warp_check"]  # the default checks for a warp trigger; this backdoor is a noise burst
+    assert len(check["reach"]) == 10 and check["suspect_class"] is None
+    assert attempts[0]["recipe"] == METHODS[DEFAULT_METHOD].recover[0]
 
 
 def test_the_fixture_really_is_backdoored(defended):

@@ -439,6 +439,19 @@ def test_fallbacks_try_the_deeper_pruning_first_then_the_method_pruning_again(da
         [("adversarial", 2), ("adversarial-gentle", 2), ("cosine", 5), ("paper", 5), ("cosine", 2), ("paper", 2)]
 
 
+def test_the_warp_recipes_come_first_only_when_the_warp_check_flags_a_class(data):
+    model, _, val = data
+    point = resolve_prune_point(model, None)
+    pruned = prune_defense(model, point, val, StopRule("channels", 2))
+    config = DefenseConfig(finetune=FineTuneConfig(recipe="adversarial"), fallback_recipes=("cosine",),
+                           warp_recipes=("adversarial-warp",))
+    flagged = [(r, s.channels_pruned) for r, s in recovery_attempts(model, point, pruned, config, warp_suspected=True)]
+    assert flagged == [("adversarial-warp", 2), ("adversarial", 2), ("cosine", 2)]
+    assert [r for r, _ in recovery_attempts(model, point, pruned, config)] == ["adversarial", "cosine"]
+    assert defense_config(METHODS["recommended"]).warp_recipes == ("adversarial-warp",)
+    assert defense_config(resolve_method("recommended", recover="cosine")).warp_recipes == ()  # the user's recipe only
+
+
 def test_the_deeper_fallback_pruning_follows_only_the_methods_own_stop_rule():
     method = METHODS["recommended"]
     assert defense_config(method).fallback_rule == StopRule("threshold", method.fallback_threshold)

@@ -10,8 +10,11 @@ def benchmark(bench_module):
     return bench_module("reproduce_paper")
 
 
-def cached(method: str, *recipes: str) -> dict:
-    return {"method": method, "recover": {"recover_attempts": [{"recipe": r} for r in recipes]}}
+def cached(method: str, *recipes: str, suspect: int | None = None, checked: bool = True) -> dict:
+    recover = {"recover_attempts": [{"recipe": r} for r in recipes]}
+    if checked:
+        recover["warp_check"] = {"suspect_class": suspect}
+    return {"method": method, "recover": recover}
 
 
 def test_the_recipe_order_is_the_methods_cascade_with_the_fallbacks_twice(benchmark):
@@ -28,6 +31,16 @@ def test_a_cell_that_tried_another_recipe_is_stale_and_a_prefix_of_the_cascade_i
     assert not benchmark.is_current(cached("recommended", order[0], "a-recipe-it-no-longer-tries"))
     assert not benchmark.is_current(cached("recommended", *order[1:]))  # same recipes, another order
     assert not benchmark.is_current(cached("recommended", *order, "paper"))  # more attempts than it makes
+
+
+def test_a_cell_is_judged_against_the_cascade_its_warp_check_chose(benchmark):
+    order, warp = benchmark.recipe_order("recommended"), list(METHODS["recommended"].warp_recipes)
+    assert warp and benchmark.recipe_order("recommended", warp_suspected=True) == warp + order
+    assert benchmark.is_current(cached("recommended", *warp, suspect=0))  # flagged: the warp recipe first
+    assert benchmark.is_current(cached("recommended", *warp, order[0], suspect=4))
+    assert not benchmark.is_current(cached("recommended", order[0], suspect=0))  # flagged, yet no warp attempt
+    assert not benchmark.is_current(cached("recommended", *warp, suspect=None))  # a warp attempt unflagged
+    assert benchmark.is_current(cached("recommended", order[0], checked=False))  # cached before the check
 
 
 def test_stale_cells_are_marked_in_the_tables_and_counted(benchmark, monkeypatch, tmp_path):

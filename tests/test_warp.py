@@ -12,8 +12,9 @@ from fp_onnx.loading import load_model
 from fp_onnx.models.triggers import WARP_GRID, WARP_SEED, WARP_STRENGTH, apply_warp_trigger
 from fp_onnx.recipes import RECIPES, TrainingBatch
 from fp_onnx.recipes.adversarial import WarpSearch
-from fp_onnx.recipes.warp import (SCAN_RADIUS, SUSPECT_ANOMALY, SUSPECT_SUCCESS, UNLEARN_RADIUS, Warp, anomaly_index,
-                                  spatial_layout, suspect_class, universal_warp, warp_budget, warp_success)
+from fp_onnx.recipes.warp import (SCAN_RADIUS, SUSPECT_ANOMALY, SUSPECT_MIN_CLASSES, SUSPECT_SUCCESS, UNLEARN_RADIUS,
+                                  Warp, anomaly_index, spatial_layout, suspect_class, universal_warp, warp_budget,
+                                  warp_success)
 
 
 def zoo_trigger_field() -> torch.Tensor:
@@ -90,6 +91,8 @@ def test_the_suspect_is_the_class_whose_rate_is_an_outlier_among_the_classes():
     assert suspect_class([0.0] * 9 + [SUSPECT_SUCCESS - 0.01]) is None  # an outlier, but not reached often enough
     assert suspect_class([0.0] * 9 + [SUSPECT_SUCCESS]) == 9
     assert suspect_class([0.62, 0.24, 0.0]) is None  # three classes (traffic_badnets): no spread to judge by
+    assert suspect_class([0.087, 0.679, 0.0]) is None  # traffic_pruning_aware: index 4.6, but of three rates
+    assert suspect_class([0.0] * (SUSPECT_MIN_CLASSES - 1) + [0.9]) == SUSPECT_MIN_CLASSES - 1
 
 
 def warp_plan(module, monkeypatch, rates):

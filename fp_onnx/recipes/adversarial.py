@@ -75,7 +75,8 @@ import torch.nn.functional as F
 from fp_onnx.recipes import TrainingBatch, TrainingPlan, frozen_teacher, register_recipe, sgd_or_adam
 from fp_onnx.recipes.patch import PATCH_AREA, Patch, universal_patch
 from fp_onnx.recipes.schedule import cosine_schedule
-from fp_onnx.recipes.warp import Warp, anomaly_index, most_reached, suspect_class, universal_warp, warp_success
+from fp_onnx.recipes.warp import (Warp, anomaly_index, most_reached, own_random_numbers, suspect_class, universal_warp,
+                                  warp_success)
 from fp_onnx.errors import BadOptionError
 from fp_onnx.losses import as_log_probabilities, classification_loss
 from fp_onnx.module_mode import evaluation_mode
@@ -117,6 +118,16 @@ def freeze_start_model(module: torch.nn.Module, config, reference: torch.nn.Modu
     backdoor, the vendor's outputs still carry it (its logits on clean inputs are shaped by the backdoor
     neurons pruning took away), and distilling them puts it back; the pruned model's outputs do not."""
     return freeze_teacher(module, config, None)
+
+
+def freeze_start_model_aim_warps(module: torch.nn.Module, config,
+                                 reference: torch.nn.Module | None = None) -> UnlearningState:
+    """`freeze_start_model`, with the warp search pointed at the class the defense's warp check flagged
+    (`config.warp_target`), when it ran: the recipe does not scan the classes again."""
+    state = freeze_start_model(module, config, reference)
+    if config.warp_target is not None:
+        state.perturbations["warp"] = WarpSearch(config.warp_target, rates=[])
+    return state
 
 
 def universal_perturbation(module: torch.nn.Module, batch: TrainingBatch, radius: float,
@@ -230,7 +241,8 @@ def mixed_inputs(x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class WarpSearch:
     """The warp search's state over a run: the suspect class (None: no warp backdoor evident), the per-class
-    success rates it was chosen from, and the last warp found."""
+    success rates it was chosen from (none when the defense's warp check chose it: its report has them), and the
+    last warp found."""
 
     target: int | None
     rates: list[float]
@@ -257,20 +269,13 @@ def _warp_search(module, batch: TrainingBatch, settings: Unlearning, last: WarpS
     """A warp towards the class a warp reaches far more easily than the others, decided once on the first batch of
     the run (`fp_onnx.recipes.warp.suspect_class`); none where no class stands out."""
     if last is None:
-        with _own_random_numbers(batch.x.device):
+        with own_random_numbers(batch.x.device):
             rates = warp_success(module, batch.x, batch.y, batch.kind)
         last = WarpSearch(suspect_class(rates), rates)
     if last.target is None:
         return last, None
     last.warp = universal_warp(module, batch.x, batch.y, batch.kind, last.warp, last.target)
     return last, None if last.warp is None else last.warp.apply(batch.x)
-
-
-def _own_random_numbers(device: torch.device):
-    """A block whose random draws leave the run's generators where they were: a scan that finds nothing then
-    leaves the run exactly as it would have been without it (same batches, same searches, same weights)."""
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    return torch.random.fork_rng(devices=cuda)
 
 
 PERTURBATION_SEARCHES = {"additive": _additive_search, "patch": _patch_search, "warp": _warp_search}
@@ -405,7 +410,7 @@ register_recipe("adversarial-shared", prepare=freeze_start_model, defaults=SMALL
                         "mistake on them rather than towards their label (after Shared Adversarial Unlearning)")(
     adversarial_unlearning(replace(GENTLE, shapes=("additive", "patch"), patch_area=SMALL_PATCH_AREA,
                                    target="shared")))
-register_recipe("adversarial-warp", prepare=freeze_start_model, defaults=GENTLE_DEFAULTS,
+register_recipe("adversarial-warp", prepare=freeze_start_model_aim_warps, defaults=GENTLE_DEFAULTS,
                 summary="the gentle recipe unlearning universal smooth warps (WaNet-style displacement fields) "
                         "besides additive perturbations: for warping triggers")(
     adversarial_unlearning(replace(GENTLE, shapes=("additive", "warp"))))

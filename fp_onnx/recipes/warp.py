@@ -32,6 +32,7 @@ recipe's warp term is zero for them.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,9 @@ SUSPECT_ANOMALY = 3.5
 the median absolute deviation) above their median. Neural Cleanse flags at 2 on its own statistic; a small
 spectrogram net trained on clean data reached 2.0 (warps reach some classes of spectrograms easily), the zoo's WaNet
 model over 10 (docs/decisions.md, "Universal warps", also for where the test misfires)."""
+SUSPECT_MIN_CLASSES = 5
+"""Fewer classes give no verdict: a median and a deviation of three rates say nothing about which is unusual. The
+zoo's three-class traffic model with a patch backdoor had rates 0.09, 0.68 and 0 (anomaly index 4.6)."""
 SCALE_FLOOR = 0.05
 """The smallest spread the anomaly index divides by: where a warp reaches almost no class (median and deviation
 near 0), one class at 0.1 is no outlier."""
@@ -140,24 +144,38 @@ def universal_warp(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ki
     return Warp(field.detach(), channels_last)
 
 
-def warp_success(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str) -> list[float]:
+def own_random_numbers(device: torch.device):
+    """A block whose random draws leave the run's generators where they were: a scan that finds nothing then
+    leaves the run exactly as it would have been without it (same batches, same searches, same weights)."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
+
+
+def warp_success(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str,
+                 on_class: Callable[[], object] | None = None) -> list[float]:
     """For each class, the fraction of the other classes' inputs that a warp searched towards it sends there; no
-    rates at all for a batch of non-images, which have no warp."""
+    rates at all for a batch of non-images, which have no warp. `on_class` is called after each class (progress)."""
     if spatial_layout(x.shape) is None:
         return []
     with evaluation_mode(module), torch.no_grad():
         classes = module(x[:1]).reshape(1, -1).shape[1]
     rates = []
     for target in range(classes):
-        warp = universal_warp(module, x, y, kind, None, target, SCAN_STEPS, SCAN_RADIUS)
-        if warp is None:
-            rates.append(0.0)
-            continue
-        others = x[y != target]
-        with evaluation_mode(module), torch.no_grad():
-            predicted = module(warp.apply(others)).reshape(len(others), -1).argmax(dim=1)
-        rates.append(float((predicted == target).float().mean()))
+        rates.append(_reach(module, x, y, kind, target))
+        if on_class is not None:
+            on_class()
     return rates
+
+
+def _reach(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str, target: int) -> float:
+    """The fraction of the other classes' inputs that a scan-sized warp searched towards `target` sends there."""
+    warp = universal_warp(module, x, y, kind, None, target, SCAN_STEPS, SCAN_RADIUS)
+    if warp is None:
+        return 0.0
+    others = x[y != target]
+    with evaluation_mode(module), torch.no_grad():
+        predicted = module(warp.apply(others)).reshape(len(others), -1).argmax(dim=1)
+    return float((predicted == target).float().mean())
 
 
 def most_reached(rates: list[float]) -> int | None:
@@ -175,7 +193,7 @@ def anomaly_index(rates: list[float], index: int) -> float:
 
 def suspect_class(rates: list[float]) -> int | None:
     """The class a warp reaches far more easily than the others (`SUSPECT_SUCCESS`, `SUSPECT_ANOMALY`), if one does."""
-    if len(rates) < 3:
+    if len(rates) < SUSPECT_MIN_CLASSES:
         return None
     best = most_reached(rates)
     return best if rates[best] >= SUSPECT_SUCCESS and anomaly_index(rates, best) >= SUSPECT_ANOMALY else None
