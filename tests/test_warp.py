@@ -161,3 +161,14 @@ def test_the_scan_verdict_is_reported_with_the_run(backdoored, monkeypatch):
     assert scan["suspect_class"] == 9 == scan["most_reached_class"] and scan["anomaly_index"] > SUSPECT_ANOMALY
     assert scan["reach"] == [0.0] * 9 + [0.9]
     assert fine_tune(model, train, val, FineTuneConfig(device="cpu", recipe="cosine", epochs=1)).findings == {}
+
+
+def test_the_search_step_moves_a_fixed_share_of_the_ball_and_stays_inside_it():
+    from fp_onnx.recipes.search_step import step_within_ball
+
+    direction = torch.tensor([3.0, 4.0])
+    inside = step_within_ball(torch.zeros(2), direction, radius=2.0, fraction=0.5)
+    torch.testing.assert_close(inside, torch.tensor([0.6, 0.8]))  # 0.5 * 2 along the unit direction
+    torch.testing.assert_close(step_within_ball(inside, -1e6 * direction, 2.0, 0.5), torch.zeros(2))  # scale-free
+    outside = step_within_ball(torch.tensor([1.2, 1.6]), direction, radius=2.0, fraction=0.5)
+    torch.testing.assert_close(outside, torch.tensor([1.2, 1.6]))  # 3.0 long, projected back onto the sphere

@@ -75,6 +75,7 @@ import torch.nn.functional as F
 from fp_onnx.recipes import TrainingBatch, TrainingPlan, frozen_teacher, register_recipe, sgd_or_adam
 from fp_onnx.recipes.patch import PATCH_AREA, Patch, universal_patch
 from fp_onnx.recipes.schedule import cosine_schedule
+from fp_onnx.recipes.search_step import step_within_ball
 from fp_onnx.recipes.warp import (Warp, anomaly_index, most_reached, own_random_numbers, suspect_class, universal_warp,
                                   warp_success)
 from fp_onnx.errors import BadOptionError
@@ -145,10 +146,7 @@ def universal_perturbation(module: torch.nn.Module, batch: TrainingBatch, radius
             loss = classification_loss(module(batch.x + delta), batch.y, batch.kind)
             gradient, = torch.autograd.grad(loss, delta)
             with torch.no_grad():
-                delta = delta + UAP_STEP_FRACTION * radius * gradient / (gradient.norm() + 1e-12)
-                norm = float(delta.norm())
-                if norm > radius:
-                    delta = delta * (radius / norm)
+                delta = step_within_ball(delta, gradient, radius, UAP_STEP_FRACTION)
     return delta.detach()
 
 

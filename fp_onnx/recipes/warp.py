@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from fp_onnx.losses import classification_loss
 from fp_onnx.module_mode import evaluation_mode
+from fp_onnx.recipes.search_step import step_within_ball
 
 WARP_GRID = 4
 """Control points per side: WaNet's published default (k = 4)."""
@@ -137,10 +138,7 @@ def universal_warp(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ki
             loss = classification_loss(module(Warp(field, channels_last).apply(others)), goal, kind)
             gradient, = torch.autograd.grad(loss, field)
             with torch.no_grad():
-                field = field - WARP_STEP_FRACTION * budget * gradient / (gradient.norm() + 1e-12)
-                norm = float(field.norm())
-                if norm > budget:
-                    field = field * (budget / norm)
+                field = step_within_ball(field, -gradient, budget, WARP_STEP_FRACTION)  # descent: towards target
     return Warp(field.detach(), channels_last)
 
 
