@@ -22,6 +22,7 @@ from fp_onnx.prune_point import find_prune_points, resolve_prune_point
 from fp_onnx.reporting import write_defense_outputs
 from fp_onnx.shipping import retire
 from fp_onnx.verdict import VerdictLimits
+from fp_onnx.warp_check import describe_warp_check
 
 
 @click.command("demo")
@@ -90,4 +91,5 @@ def comparison_table(paper, default) -> str:
     lines.append(f"(test data; the default pruned {default.prune.channels_pruned} of {default.prune.curve.channels} "
                  f"channels, then recovered with '{shipped}'; the paper's method pruned "
                  f"{paper.prune.channels_pruned})")
-    return "\n".join(lines)
+    warp = describe_warp_check(default.method.get("warp_check"))
+    return "\n".join(lines + ([f"({warp})"] if warp else []))

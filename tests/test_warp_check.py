@@ -100,3 +100,18 @@ def test_without_a_suspect_the_cascade_is_the_methods_and_the_check_is_reported(
         rule=StopRule("channels", 2), max_accuracy_drop=1.0, finetune=FineTuneConfig(device="cpu", recipe="cosine",
                                                                                       epochs=1)))
     assert unchecked.method["warp_check"] is None  # a method without warp recipes does not check
+
+
+def test_the_demo_table_says_what_the_check_found():
+    from types import SimpleNamespace
+
+    from fp_onnx.cli.demo import comparison_table
+
+    row = SimpleNamespace(clean_accuracy=0.98, attack_success=0.01)
+    prune = SimpleNamespace(channels_pruned=3, curve=SimpleNamespace(channels=8))
+    paper = SimpleNamespace(table={"none": row, "fine-pruning": row}, prune=prune, method={})
+    quiet = WarpCheck(None, [0.1, 0.3, 0.0, 0.0, 0.0], 64, 0.0).to_dict()
+    default = SimpleNamespace(table={"fine-pruning": row}, prune=prune,
+                              method={"recover": "adversarial", "warp_check": quiet})
+    assert comparison_table(paper, default).splitlines()[-1] == f"({describe_warp_check(quiet)})"
+    assert "warp check" not in comparison_table(paper, SimpleNamespace(**{**vars(default), "method": {}}))
