@@ -27,7 +27,7 @@ from fp_onnx.converters import onnx_to_torch
 from fp_onnx.data import Dataset
 from fp_onnx.finetune import trainable_graph
 from fp_onnx.progress import progress_bar
-from fp_onnx.recipes.warp import anomaly_index, most_reached, own_random_numbers, suspect_class, warp_success
+from fp_onnx.recipes.warp import own_random_numbers, scan_report, suspect_class, warp_success
 from fp_onnx.signature import class_count
 
 CHECK_SAMPLES = 128
@@ -50,11 +50,8 @@ class WarpCheck:
     seconds: float
 
     def to_dict(self) -> dict:
-        best = most_reached(self.reach)
-        return {"suspect_class": self.suspect_class, "reach": [round(rate, 4) for rate in self.reach],
-                "most_reached_class": best,
-                "anomaly_index": None if best is None else round(anomaly_index(self.reach, best), 2),
-                "samples": self.samples, "seconds": round(self.seconds, 1)}
+        return {**scan_report(self.suspect_class, self.reach), "samples": self.samples,
+                "seconds": round(self.seconds, 1)}
 
 
 def check_for_warp_backdoor(model: onnx.ModelProto, train: Dataset, seed: int, device: torch.device,

@@ -76,8 +76,7 @@ from fp_onnx.recipes import TrainingBatch, TrainingPlan, frozen_teacher, registe
 from fp_onnx.recipes.patch import PATCH_AREA, Patch, universal_patch
 from fp_onnx.recipes.schedule import cosine_schedule
 from fp_onnx.recipes.search_step import step_within_ball
-from fp_onnx.recipes.warp import (Warp, anomaly_index, most_reached, own_random_numbers, suspect_class, universal_warp,
-                                  warp_success)
+from fp_onnx.recipes.warp import Warp, own_random_numbers, scan_report, suspect_class, universal_warp, warp_success
 from fp_onnx.errors import BadOptionError
 from fp_onnx.losses import as_log_probabilities, classification_loss
 from fp_onnx.module_mode import evaluation_mode
@@ -247,10 +246,7 @@ class WarpSearch:
     warp: Warp | None = None
 
     def to_dict(self) -> dict:
-        best = most_reached(self.rates)
-        return {"suspect_class": self.target, "reach": [round(rate, 4) for rate in self.rates],
-                "most_reached_class": best,
-                "anomaly_index": None if best is None else round(anomaly_index(self.rates, best), 2)}
+        return scan_report(self.target, self.rates)
 
 
 def _additive_search(module, batch: TrainingBatch, settings: Unlearning, last):

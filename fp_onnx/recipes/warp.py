@@ -176,6 +176,14 @@ def _reach(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str,
     return float((predicted == target).float().mean())
 
 
+def scan_report(suspect: int | None, rates: list[float]) -> dict:
+    """A scan's verdict for a report: the suspect class, every class's rate, the most reached class and its anomaly
+    index (the recipe's own scan and the defense's check report the same fields)."""
+    best = most_reached(rates)
+    return {"suspect_class": suspect, "reach": [round(rate, 4) for rate in rates], "most_reached_class": best,
+            "anomaly_index": None if best is None else round(anomaly_index(rates, best), 2)}
+
+
 def most_reached(rates: list[float]) -> int | None:
     """The class with the highest rate (the first of equals), None when there are no rates."""
     return max(range(len(rates)), key=rates.__getitem__) if rates else None
