@@ -116,7 +116,7 @@ def results_table(result) -> str:
     lines.append(f"(method {result.method.get('name')}: rank {result.method.get('rank')}, recover "
                  f"{result.method.get('recover')}{fallback}; clean accuracy on {result.evaluated_on} data; "
                  f"pruned {prune.channels_pruned} of "
-                 f"{prune.curve.channels} channels; fine-tuned {tuned.best_epoch} epoch(s){recoveries}; "
+                 f"{prune.curve.channels} channels; fine-tuned, kept the {tuned.describe_kept()}{recoveries}; "
                  f"signature {'matches the vendor' if not result.signature_problems else 'DIFFERS'})")
     warp = describe_warp_check(result.method.get("warp_check"))
     return "\n".join(lines + ([f"({warp})"] if warp else []))

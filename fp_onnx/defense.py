@@ -221,7 +221,8 @@ def recover_step(vendor: onnx.ModelProto, point: PrunePoint, pruned: PruneOutcom
         usable = tuned.failure is None and tuned.best_val_accuracy >= floor - 1e-12
         attempts.append({"recipe": recipe, "channels_pruned": start.channels_pruned,
                          "best_val_accuracy": tuned.best_val_accuracy, "failure": tuned.failure,
-                         "below_floor": not usable, "recoveries": len(tuned.recoveries)})
+                         "below_floor": not usable, "recoveries": len(tuned.recoveries),
+                         "kept": tuned.describe_kept()})
         if usable:
             break
     return tuned, attempts, start

@@ -168,6 +168,9 @@ class FineTuneResult:
     """For a recipe that trains its teacher first: which recipe, how it ended, how long it took."""
     averaged_epochs: int = 0
     """With `keep="average"`: how many epochs' weights the returned model is the mean of (0: none were)."""
+    average_below_floor: dict | None = None
+    """With `keep="average"`, where the mean fell below the accuracy floor and the last good epoch did not, so the
+    last epoch was returned: the mean's validation accuracy and how many epochs it averaged."""
     findings: dict = field(default_factory=dict)
     """What the recipe learned about the model on the way (its prepared state's `findings()`), e.g. the warp scan's
     suspect class: a defender wants to know what a search found, not only what training made of it."""
@@ -186,6 +189,7 @@ class FineTuneResult:
             "calibration": {key: _json_number(value) for key, value in self.calibration.items()},
             "teacher": self.teacher,
             "averaged_epochs": self.averaged_epochs,
+            "average_below_floor": self.average_below_floor,
             "findings": self.findings,
             "history": self.history,
         }
@@ -194,7 +198,11 @@ class FineTuneResult:
         """Which weights the run returned, for one-line summaries: 'best epoch 4', 'mean of 40 epochs to epoch 80'."""
         if self.averaged_epochs:
             return f"mean of {self.averaged_epochs} epochs to epoch {self.best_epoch}"
-        return f"{'best' if self.config.get('keep') == 'best' else 'last'} epoch {self.best_epoch}"
+        kept = f"{'best' if self.config.get('keep') == 'best' else 'last'} epoch {self.best_epoch}"
+        if self.average_below_floor:
+            kept += (f"; the mean of {self.average_below_floor['epochs']} epochs was below the floor, validation "
+                     f"{self.average_below_floor['val_accuracy']:.4f}")
+        return kept
 
     def describe_recoveries(self) -> str:
         """'' or e.g. '2 recoveries (lr 0.001 -> 1e-05)'; for one-line summaries."""

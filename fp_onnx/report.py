@@ -133,6 +133,7 @@ def render_html(report: dict, plots: dict[str, Path]) -> str:
     method = defense.get("method") or {}
     attempts = "; ".join(f"{a['recipe']} ({a['channels_pruned']} channels pruned): "
                          f"{'below the floor' if a['below_floor'] else 'kept'}"
+                         + (f" ({a['kept']})" if a.get("kept") else "")
                          for a in method.get("recover_attempts", []))
     summary = (f"Method <code>{html.escape(str(method.get('name', 'paper')))}</code>: ranked by "
                f"<code>{html.escape(str(prune.get('criterion', 'activation')))}</code>, pruned "

@@ -65,6 +65,7 @@ def test_the_default_method_removes_the_shipped_demos_backdoor():
     vendor, defended = result.table["none"], result.table["fine-pruning"]
     attempts = result.method["recover_attempts"]
     assert attempts[-1]["recipe"] == result.method["recover"] and not attempts[-1]["below_floor"]
+    assert attempts[-1]["kept"] == result.finetune.describe_kept()
     assert defended.attack_success <= 0.1 < 0.9 < vendor.attack_success
     assert defended.clean_accuracy >= vendor.clean_accuracy - 0.02
     check = result.method["warp_check"]  # the default checks for a warp trigger; this backdoor is a noise burst
@@ -132,6 +133,7 @@ def test_fine_prune_cli_writes_the_report(backdoored, tmp_path):
         "--method", "paper", "--epochs", "2", "--device", "cpu", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "Fine-Pruning " in result.output and "(defended)" not in result.output  # neutral row names
+    assert "fine-tuned, kept the best epoch " in result.output  # the paper's early stopping keeps its best epoch
     report = json.loads((tmp_path / "report.json").read_text())
     assert list(report)[0] == "verdict" and report["verdict"]["status"] == "defended"
     assert report["verdict"]["measured"]["attack_success"] <= 0.05 and report["verdict"]["exit_code"] == 0
@@ -155,7 +157,8 @@ def test_fine_prune_cli_writes_the_report(backdoored, tmp_path):
     limit = report["defended"]["guard"]["limits"]["max_accuracy_drop"]
     assert ("cannot rule out" in report["verdict"]["summary"]) == (interval["high"] > limit + 1e-12)
     page = (tmp_path / "report.html").read_text()
-    assert "clean-accuracy cost, 95 % interval" in page
+    assert "clean-accuracy cost, 95 % interval" in page and "paper (0 channels pruned)" not in page
+    assert "kept (best epoch " in page  # the recipes tried, with the weights each one kept
     assert page.count("data:image/png;base64,") == 2 and "http" not in page.replace("http-equiv", "")
     for name in ("defended.onnx", "pruned.onnx", "activations.png", "prune_curve.png"):
         assert (tmp_path / name).stat().st_size > 0
