@@ -122,9 +122,9 @@ class RecoveringRun:
 
         The last case is a choice between two results of one run, both after the same unlearning: the mean is
         preferred (it measured as good or better on the test sets), but the floor is what decides whether a result
-        may ship, and refusing the run for its mean alone would hand the defense to a weaker recipe. On
+        may ship, and refusing the run for its mean alone would hand the defense to a weaker recipe. On one build of
         faces_pruning_aware that was the difference between 0.679 / 0.049 and the fallback's 0.699 / 0.986
-        (docs/decisions.md, "Weight averaging")."""
+        (docs/decisions.md, "A mean below the floor gives way to the run's last epoch")."""
         self.result.averaged_epochs = 0
         self.result.average_below_floor = None
         state = average.state()

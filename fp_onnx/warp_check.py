@@ -6,10 +6,10 @@ additive perturbations and patches, and the zoo's WaNet model kept 0.84 attack s
 (docs/decisions.md, "Universal warps"). The recipe that does reach it (`adversarial-warp`) unlearns warps towards one
 class, and is only worth its cost where a class stands out. So the defense asks first, on the pruned model and a
 seeded selection of the defender's clean training part, the same question as that recipe's own scan
-(`fp_onnx.recipes.warp.warp_success`, `suspect_class`): for each class, how easily does a 1.5-pixel warp (on 32x32;
-`SCAN_RADIUS`) send the other classes' inputs there. Where one class is an outlier, the method's warp recipes are tried first, pointed at
-that class (`FineTuneConfig.warp_target`); elsewhere the method's cascade runs as it would without the check. The
-check is one measurement and decides nothing else; the report carries it (`warp_check`).
+(`fp_onnx.recipes.warp.warp_success`, `suspect_class`): for each class, how easily does a 1.5-pixel warp (on
+32x32; `SCAN_RADIUS`) send the other classes' inputs there. Where one class is an outlier, the method's warp recipes
+are tried first, pointed at that class (`FineTuneConfig.warp_target`); elsewhere the method's cascade runs as it
+would without the check. The check is one measurement and decides nothing else; the report carries it (`warp_check`).
 
 It seeds its own random numbers on a forked generator: the verdict depends on the seed alone, and the run after it
 is the run without it.

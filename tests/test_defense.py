@@ -157,7 +157,7 @@ def test_fine_prune_cli_writes_the_report(backdoored, tmp_path):
     limit = report["defended"]["guard"]["limits"]["max_accuracy_drop"]
     assert ("cannot rule out" in report["verdict"]["summary"]) == (interval["high"] > limit + 1e-12)
     page = (tmp_path / "report.html").read_text()
-    assert "clean-accuracy cost, 95 % interval" in page and "paper (0 channels pruned)" not in page
+    assert "clean-accuracy cost, 95 % interval" in page
     assert "kept (best epoch " in page  # the recipes tried, with the weights each one kept
     assert page.count("data:image/png;base64,") == 2 and "http" not in page.replace("http-equiv", "")
     for name in ("defended.onnx", "pruned.onnx", "activations.png", "prune_curve.png"):

@@ -20,10 +20,10 @@ and never the trigger (cosine similarity with the trigger's field -0.2 to 0.05).
 sends inputs to *one chosen class* separates the backdoor at once: within 1 pixel (rms), a warp
 sent 0.97 of the inputs to the attacker's class and at most 0.56 to any other class (median
 0; on another build of that model, pruned, only 0.37, which is why the scan now searches
-within 1.5 px, `SCAN_RADIUS`). So `suspect_class` first asks, class by class, how easily a warp reaches it, and flags a class
-whose rate is an outlier (Neural Cleanse's test, Wang et al., S&P 2019, on the median absolute
-deviation, applied to warps; written from its description), and the
-unlearning then searches warps towards the outlier class only; with no outlier there is
+within 1.5 px, `SCAN_RADIUS`). So `suspect_class` first asks, class by class, how easily a
+warp reaches it, and flags a class whose rate is an outlier (Neural Cleanse's test, Wang et
+al., S&P 2019, on the median absolute deviation, applied to warps; written from its
+description), and the unlearning then searches warps towards the outlier class only; with no outlier there is
 nothing to unlearn and the warp term is zero.
 
 A warp needs to know which axes are the image's rows and columns: `spatial_layout` reads
@@ -48,7 +48,7 @@ WARP_GRID = 4
 SCAN_RADIUS = 0.045
 """The scan's bound on the control field's root-mean-square displacement, as a fraction of the image's shorter side
 (1.5 px on 32x32; the zoo's trigger moves pixels by 2.3 px rms). At 1 px the scan was limited by its radius, not by
-its search: on the earlier build of the zoo's WaNet model, pruned, the attacker's class was reached from 0.37 of
+its search: on the benchmark's build of the zoo's WaNet model, pruned, the attacker's class was reached from 0.37 of
 the inputs and missed the rate bound (index 7.5), where 1.5 px reaches 0.86 (index 16.7); a decaying step, keeping
 the best step or three random starts each moved the 1-px rate by at most 0.02 (docs/decisions.md, "The warp
 check")."""
