@@ -1,6 +1,8 @@
 """The defense's warp check (fp_onnx.warp_check), and how its verdict reaches the cascade, the recipe and the report."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -87,15 +89,20 @@ def test_the_check_is_described_in_one_sentence():
     assert flagged.startswith("warp check: class 0, reached from 97%") and "adversarial-warp was tried first" in flagged
 
 
-def test_without_a_suspect_the_cascade_is_the_methods_and_the_check_is_reported(vendor):
+def test_without_a_suspect_the_cascade_is_the_methods_and_the_check_is_reported(vendor, monkeypatch):
+    """The real check runs; its verdict is forced to "nothing stands out", because on this small spectrogram net the
+    most reached class sits near the anomaly bound (index 2.8-3.3 on one thread) and thread counts move it."""
+    real_check = defense.check_for_warp_backdoor
+    monkeypatch.setattr(defense, "check_for_warp_backdoor",
+                        lambda *args, **kwargs: dataclasses.replace(real_check(*args, **kwargs), suspect_class=None))
     model, clean = vendor
     config = DefenseConfig(rule=StopRule("channels", 2), max_accuracy_drop=1.0, warp_recipes=("adversarial-warp",),
                            finetune=FineTuneConfig(device="cpu", recipe="cosine", epochs=1))
     result = fine_prune(model, resolve_prune_point(model, None), clean, config=config)
     check = result.to_dict()["method"]["warp_check"]
     assert len(check["reach"]) == 10 and check["samples"] == min(128, result.split["fine_tune_samples"])
-    expected = ["adversarial-warp", "cosine"] if check["suspect_class"] is not None else ["cosine"]
-    assert [a["recipe"] for a in result.method["recover_attempts"]] == expected
+    assert check["suspect_class"] is None and check["seconds"] > 0
+    assert [a["recipe"] for a in result.method["recover_attempts"]] == ["cosine"]
     unchecked = fine_prune(model, resolve_prune_point(model, None), clean, config=DefenseConfig(
         rule=StopRule("channels", 2), max_accuracy_drop=1.0, finetune=FineTuneConfig(device="cpu", recipe="cosine",
                                                                                       epochs=1)))
