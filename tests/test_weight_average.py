@@ -96,23 +96,27 @@ def test_a_run_that_keeps_the_average_returns_the_mean_of_its_second_half(speech
     assert any(not torch.equal(shipped[k], v) for k, v in states[-1].items())  # not the last epoch's
 
 
+def ruin_the_mean(monkeypatch) -> None:
+    """Make every run's weight mean one that classifies nothing (every weight zero), so it falls below any floor."""
+    original_state = WeightAverage.state
+    monkeypatch.setattr(WeightAverage, "state",
+                        lambda self: {name: torch.zeros_like(value) for name, value in original_state(self).items()})
+
+
 def test_a_mean_below_the_floor_gives_way_to_a_last_epoch_above_it(speech, monkeypatch):
     """The floor decides what may ship: a run whose mean fails it but whose last good epoch passes it returns that
     epoch (and says so) instead of restarting or being refused for its mean alone."""
     model, train, val = speech
     states = []
-    original_train, original_state = training.Trainer.train_epoch, WeightAverage.state
+    original_train = training.Trainer.train_epoch
 
     def recording(self, *args, **kwargs):
         outcome = original_train(self, *args, **kwargs)
         states.append(copy.deepcopy(self.module.state_dict()))
         return outcome
 
-    def ruined_mean(self):  # a mean that classifies nothing: every weight zero
-        return {name: torch.zeros_like(value) for name, value in original_state(self).items()}
-
     monkeypatch.setattr(training.Trainer, "train_epoch", recording)
-    monkeypatch.setattr(WeightAverage, "state", ruined_mean)
+    ruin_the_mean(monkeypatch)
     config = FineTuneConfig(device="cpu", recipe="paper", epochs=4, patience=10, keep="average", max_recoveries=0)
     tuned = fine_tune(model, train, val, config, accuracy_floor=0.5)
     assert tuned.failure is None and tuned.averaged_epochs == 0 and tuned.best_epoch == 4
@@ -126,9 +130,7 @@ def test_a_mean_below_the_floor_gives_way_to_a_last_epoch_above_it(speech, monke
 
 def test_a_mean_below_the_floor_is_kept_when_the_last_epoch_is_below_it_too(speech, monkeypatch):
     model, train, val = speech
-    original_state = WeightAverage.state
-    monkeypatch.setattr(WeightAverage, "state",
-                        lambda self: {k: torch.zeros_like(v) for k, v in original_state(self).items()})
+    ruin_the_mean(monkeypatch)
     config = FineTuneConfig(device="cpu", recipe="paper", epochs=4, patience=10, keep="average", max_recoveries=0)
     tuned = fine_tune(model, train, val, config, accuracy_floor=1.01)  # no epoch can pass it
     assert tuned.average_below_floor is None and tuned.averaged_epochs == 2
